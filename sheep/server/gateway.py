@@ -1,0 +1,153 @@
+"""Gateway: place an object and forward the request to its replicas (wire.md §6.4, §9.1).
+
+Any node accepts object I/O.  Writes go to every replica in parallel and are
+acknowledged only when all of them answered; reads try the local replica first, then the
+others from a random one.  Results that mean "the membership is changing" (a peer died,
+epochs differ) are never shown to the client: the gateway waits for the next epoch and
+retries with the new placement, up to `RETRY_TIMEOUT`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..proto.constants import GATEWAY_TO_PEER, SD_SHEEP_PROTO_VER, Flag, Op, Res
+from ..proto.header import ObjArgs, Request, Response
+from ..proto.oid import is_data_obj, object_size, oid_to_vid
+from ..proto.structs import SdNode
+from .node import Reply
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("sheep.gateway")
+
+RETRY_RESULTS = frozenset({Res.OLD_NODE_VER, Res.NEW_NODE_VER, Res.NETWORK_ERROR,
+                           Res.WAIT_FOR_JOIN, Res.WAIT_FOR_FORMAT, Res.KILLED})
+RETRY_TIMEOUT = 60.0
+EPOCH_WAIT = 1.0
+
+
+def obj_copies(node: "Node", oid: int, requested: int = 0) -> int:
+    return requested or node.vdis.copies(oid_to_vid(oid), node.nr_copies)
+
+
+def obj_size(node: "Node", oid: int) -> int:
+    return object_size(oid, node.vdis.shift(oid_to_vid(oid), node.block_size_shift))
+
+
+def _peer_request(node: "Node", opcode: int, oid: int, offset: int, length: int, copies: int,
+                  flags: int, cow_oid: int = 0) -> Request:
+    return Request(GATEWAY_TO_PEER[opcode], flags=flags | Flag.CMD_FWD, data_length=length,
+                   epoch=node.epoch, proto_ver=SD_SHEEP_PROTO_VER,
+                   args=ObjArgs(oid=oid, cow_oid=cow_oid, copies=copies, offset=offset))
+
+
+async def send_to(node: "Node", target: SdNode, req: Request,
+                  payload: bytes | bytearray | memoryview | None) -> tuple[int, bytes | bytearray | memoryview]:
+    """Run a peer request on ``target``: in-process when it is this node."""
+    if target.nid == node.me.nid:
+        from .ops import execute_peer
+        reply = await execute_peer(node, req, payload if payload is not None else b"")
+        return reply.result, reply.data
+    rsp, data = await node.peers.call(target.nid, req, payload)
+    return rsp.result, data
+
+
+async def _retry_wait(node: "Node", epoch: int) -> None:
+    await node.wait_epoch_change(epoch, EPOCH_WAIT)
+
+
+async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int = 0,
+                   flags: int = 0) -> Reply:
+    """READ_OBJ: the first replica that answers SUCCESS wins."""
+    copies = obj_copies(node, oid, copies)
+    with trio.move_on_after(RETRY_TIMEOUT):
+        while True:
+            epoch = node.epoch
+            targets = node.ring.oid_to_nodes(oid, copies)
+            if not targets:
+                return Reply(Res.HALT)
+            local = [t for t in targets if t.nid == node.me.nid]
+            others = [t for t in targets if t.nid != node.me.nid]
+            if others:
+                k = random.randrange(len(others))
+                others = others[k:] + others[:k]
+            req = _peer_request(node, Op.READ_OBJ, oid, offset, length, copies, flags & ~Flag.CMD_WRITE)
+            results = []
+            for target in local + others:
+                req.epoch = node.epoch
+                result, data = await send_to(node, target, req, None)
+                if result == Res.SUCCESS:
+                    return Reply(Res.SUCCESS, data)
+                results.append(result)
+            retry = [r for r in results if r in RETRY_RESULTS]
+            if not retry:
+                return Reply(results[-1])
+            await _retry_wait(node, epoch)
+    return Reply(Res.NETWORK_ERROR)
+
+
+async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
+                 data: bytes | bytearray | memoryview = b"", copies: int = 0, flags: int = 0,
+                 cow_oid: int = 0) -> Reply:
+    """CREATE_AND_WRITE / WRITE / REMOVE on every replica; SUCCESS only if all succeeded."""
+    copies = obj_copies(node, oid, copies)
+    with trio.move_on_after(RETRY_TIMEOUT):
+        while True:
+            epoch = node.epoch
+            targets = node.ring.oid_to_nodes(oid, copies)
+            if not targets:
+                return Reply(Res.HALT)
+            results: list[int] = [Res.SUCCESS] * len(targets)
+            wflags = (flags | Flag.CMD_WRITE) if len(data) else (flags & ~Flag.CMD_WRITE)
+            if opcode == Op.REMOVE_OBJ:
+                wflags &= ~Flag.CMD_WRITE
+
+            async def one(i: int, target: SdNode) -> None:
+                req = _peer_request(node, opcode, oid, offset, len(data), copies, wflags, cow_oid)
+                results[i], _ = await send_to(node, target, req, data if len(data) else None)
+
+            async with trio.open_nursery() as nursery:
+                for i, target in enumerate(targets):
+                    nursery.start_soon(one, i, target)
+            failed = [r for r in results if r != Res.SUCCESS]
+            if not failed:
+                return Reply(Res.SUCCESS)
+            if not any(r in RETRY_RESULTS for r in failed):
+                return Reply(failed[-1])
+            log.info("%s of %016x: %s, retrying at the next epoch", Op(opcode).name, oid,
+                     [hex(r) for r in results])
+            await _retry_wait(node, epoch)
+    return Reply(Res.NETWORK_ERROR)
+
+
+def readonly(node: "Node", oid: int) -> bool:
+    """Data objects of snapshots are immutable (objects.md §6.1)."""
+    return is_data_obj(oid) and node.vdis.is_snapshot(oid_to_vid(oid))
+
+
+async def create_and_write(node: "Node", oid: int, offset: int, data: bytes | bytearray | memoryview,
+                           copies: int = 0, flags: int = 0, cow_oid: int = 0) -> Reply:
+    """CREATE_AND_WRITE_OBJ, with copy-on-write from ``cow_oid`` when asked (wire.md §9.1)."""
+    size = obj_size(node, oid)
+    if offset + len(data) > size:
+        return Reply(Res.INVALID_PARMS)
+    if readonly(node, oid):
+        return Reply(Res.READONLY)
+    if flags & Flag.CMD_COW and len(data) != size:
+        base = await read_obj(node, cow_oid, 0, size)
+        if base.result != Res.SUCCESS:
+            return base
+        merged = bytearray(base.data)
+        merged[offset:offset + len(data)] = data
+        data, offset = merged, 0
+    return await fanout(node, Op.CREATE_AND_WRITE_OBJ, oid, offset, data, copies,
+                        flags & ~Flag.CMD_COW)
+
+
+__all__ = ["read_obj", "fanout", "create_and_write", "readonly", "obj_copies", "obj_size",
+           "send_to", "Response"]

@@ -1,0 +1,154 @@
+"""The one dispatch table: opcode -> kind, force, handler (wire.md §6, §7).
+
+Kinds: GATEWAY (place and forward), PEER (local store, epoch-checked), LOCAL (this node),
+CLUSTER (optional `work` on the receiving node inside the cluster-wide exclusive section,
+then `main` broadcast to every node in total order).  `force` ops run before format and
+while waiting for members.  Opcodes absent here answer SD_RES_INVALID_PARMS.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from ..proto.constants import Flag, Op, Res, Status
+from ..proto.header import Request, Response, proto_ver_ok
+from . import local_ops as L
+from . import vdi_ops as V
+from .node import Reply, vdi_op_message
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("sheep.ops")
+
+Handler = Callable[["Node", Request, bytes], Awaitable[Reply]]
+Main = Callable[["Node", Request, Response, bytes, bool], Awaitable[None]]
+
+
+class Kind(enum.Enum):
+    GATEWAY = "gateway"
+    PEER = "peer"
+    LOCAL = "local"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    kind: Kind
+    force: bool = False
+    admin: bool = False  # logged at info level as "op=NAME"
+    handler: Handler | None = None  # gateway/peer/local handler, or a cluster op's work step
+    main: Main | None = None  # cluster ops: runs on every node
+    data_on_error: bool = False  # reply payload even when result != SUCCESS
+
+
+G, P, LO, C = Kind.GATEWAY, Kind.PEER, Kind.LOCAL, Kind.CLUSTER
+
+OPS: dict[int, OpSpec] = {
+    Op.CREATE_AND_WRITE_OBJ: OpSpec("CREATE_AND_WRITE_OBJ", G, handler=L.gw_create_and_write),
+    Op.READ_OBJ: OpSpec("READ_OBJ", G, handler=L.gw_read),
+    Op.WRITE_OBJ: OpSpec("WRITE_OBJ", G, handler=L.gw_write),
+    Op.REMOVE_OBJ: OpSpec("REMOVE_OBJ", G, handler=L.gw_remove),
+    Op.NEW_VDI: OpSpec("NEW_VDI", C, admin=True, handler=V.new_vdi_work, main=V.new_vdi_main),
+    Op.LOCK_VDI: OpSpec("LOCK_VDI", C, handler=V.lock_vdi_work, main=V.lock_vdi_main),
+    Op.RELEASE_VDI: OpSpec("RELEASE_VDI", C, main=V.release_vdi_main),
+    Op.GET_VDI_INFO: OpSpec("GET_VDI_INFO", C, handler=V.get_vdi_info_work),
+    Op.READ_VDIS: OpSpec("READ_VDIS", LO, force=True, handler=L.read_vdis),
+    Op.FLUSH_VDI: OpSpec("FLUSH_VDI", LO, handler=L.flush_vdi),
+    Op.DEL_VDI: OpSpec("DEL_VDI", C, admin=True, handler=V.del_vdi_work, main=V.del_vdi_main),
+    Op.GET_CLUSTER_DEFAULT: OpSpec("GET_CLUSTER_DEFAULT", LO, force=True, handler=L.get_cluster_default),
+    Op.GET_NODE_LIST: OpSpec("GET_NODE_LIST", LO, force=True, handler=L.get_node_list),
+    Op.MAKE_FS: OpSpec("MAKE_FS", C, force=True, admin=True, handler=L.make_fs_work, main=L.make_fs_main),
+    Op.SHUTDOWN: OpSpec("SHUTDOWN", C, force=True, admin=True, main=L.shutdown_main),
+    Op.STAT_SHEEP: OpSpec("STAT_SHEEP", LO, handler=L.stat_sheep),
+    Op.STAT_CLUSTER: OpSpec("STAT_CLUSTER", LO, force=True, handler=L.stat_cluster, data_on_error=True),
+    Op.GET_STORE_LIST: OpSpec("GET_STORE_LIST", LO, force=True, handler=L.get_store_list),
+    Op.STAT_RECOVERY: OpSpec("STAT_RECOVERY", LO, handler=L.stat_recovery),
+    Op.FLUSH_DEL_CACHE: OpSpec("DEL_CACHE", LO, handler=L.noop),
+    Op.KILL_NODE: OpSpec("KILL_NODE", LO, force=True, admin=True, handler=L.kill_node),
+    Op.GET_OBJ_LIST: OpSpec("GET_OBJ_LIST", LO, handler=L.get_obj_list),
+    Op.GET_EPOCH: OpSpec("GET_EPOCH", LO, handler=L.get_epoch),
+    Op.CREATE_AND_WRITE_PEER: OpSpec("CREATE_AND_WRITE_PEER", P, handler=L.peer_create_and_write),
+    Op.READ_PEER: OpSpec("READ_PEER", P, handler=L.peer_read),
+    Op.WRITE_PEER: OpSpec("WRITE_PEER", P, handler=L.peer_write),
+    Op.REMOVE_PEER: OpSpec("REMOVE_PEER", P, handler=L.peer_remove),
+    Op.ENABLE_RECOVER: OpSpec("ENABLE_RECOVER", C, admin=True, main=L.recover_main),
+    Op.DISABLE_RECOVER: OpSpec("DISABLE_RECOVER", C, admin=True, main=L.recover_main),
+    Op.GET_VDI_COPIES: OpSpec("GET_VDI_COPIES", LO, force=True, handler=V.get_vdi_copies),
+    Op.NOTIFY_VDI_ADD: OpSpec("NOTIFY_VDI_ADD", C, force=True, main=V.notify_vdi_add_main),
+    Op.GET_HASH: OpSpec("GET_HASH", LO, handler=L.get_hash),
+    Op.STAT: OpSpec("STAT", LO, handler=L.stat),
+    Op.GET_LOGLEVEL: OpSpec("GET_LOGLEVEL", LO, force=True, handler=L.get_loglevel),
+    Op.SET_LOGLEVEL: OpSpec("SET_LOGLEVEL", LO, force=True, handler=L.set_loglevel),
+    Op.EXIST: OpSpec("EXIST", LO, force=True, handler=L.exist),
+    Op.CLUSTER_INFO: OpSpec("CLUSTER INFO", LO, force=True, handler=L.cluster_info),
+    Op.ALTER_CLUSTER_COPY: OpSpec("ALTER_CLUSTER_COPY", C, admin=True, handler=L.alter_cluster_copy_work,
+                                  main=L.alter_cluster_copy_main),
+    Op.OIDS_EXIST: OpSpec("OIDS_EXIST", LO, force=True, handler=L.oids_exist, data_on_error=True),
+    Op.READ_DEL_VDIS: OpSpec("READ_DEL_VDIS", LO, force=True, handler=L.read_vdis),
+    Op.GET_RECOVERY: OpSpec("GET_RECOVERY", LO, force=True, handler=L.get_recovery),
+    Op.SET_RECOVERY: OpSpec("SET_RECOVERY", LO, force=True, handler=L.set_recovery),
+    Op.GET_VNODES: OpSpec("GET_VNODES", LO, handler=L.get_vnodes),
+}
+
+
+def _gate(node: "Node", spec: OpSpec) -> int:
+    """Cluster-state gate (wire.md §6.3)."""
+    if node.status == Status.SHUTDOWN:
+        return Res.SHUTDOWN
+    if node.status == Status.KILLED:
+        return Res.KILLED
+    if node.status == Status.WAIT and not spec.force:
+        return Res.WAIT_FOR_JOIN if node.ctime else Res.WAIT_FOR_FORMAT
+    return Res.SUCCESS
+
+
+async def execute_peer(node: "Node", req: Request, payload: bytes) -> Reply:
+    """A peer op with the epoch check of `check_request_epoch` (wire.md §6.4)."""
+    spec = OPS[req.opcode]
+    assert spec.handler is not None
+    if req.args.oid and not req.flags & Flag.CMD_RECOVERY:
+        if req.epoch < node.epoch:
+            return Reply(Res.OLD_NODE_VER)
+        if req.epoch > node.epoch and not await node.wait_epoch_at_least(req.epoch, 5.0):
+            return Reply(Res.NEW_NODE_VER)
+    return await spec.handler(node, req, payload)
+
+
+async def run_cluster_op(node: "Node", spec: OpSpec, req: Request, payload: bytes) -> Reply:
+    async with node.driver.exclusive():
+        reply = await spec.handler(node, req, payload) if spec.handler else Reply()
+        if reply.result != Res.SUCCESS or spec.main is None:
+            return reply
+        rsp = Response(req.opcode, reply.result, 0, req.id, node.epoch, reply.args)
+        data = payload if req.flags & Flag.CMD_WRITE else reply.data
+        await node.driver.notify(vdi_op_message(req, rsp, bytes(data)))
+    return reply
+
+
+async def dispatch(node: "Node", req: Request, payload: bytes) -> Reply:
+    """Steps of `queue_request`: version, lookup, state gate, then by kind."""
+    if not proto_ver_ok(req.opcode, req.proto_ver):
+        return Reply(Res.VER_MISMATCH)
+    spec = OPS.get(req.opcode)
+    if spec is None:
+        log.debug("unknown opcode %#x", req.opcode)
+        return Reply(Res.INVALID_PARMS)
+    gate = _gate(node, spec)
+    if gate != Res.SUCCESS:
+        return Reply(gate)
+    if spec.admin:
+        log.info("op=%s", spec.name)
+    try:
+        if spec.kind is Kind.PEER:
+            return await execute_peer(node, req, payload)
+        if spec.kind is Kind.CLUSTER:
+            return await run_cluster_op(node, spec, req, payload)
+        assert spec.handler is not None
+        return await spec.handler(node, req, payload)
+    except Exception:
+        log.exception("%s failed", spec.name)
+        return Reply(Res.SYSTEM_ERROR)
