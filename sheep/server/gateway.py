@@ -57,8 +57,16 @@ async def send_to(node: "Node", target: SdNode, req: Request,
     return rsp.result, data
 
 
-async def _retry_wait(node: "Node", epoch: int) -> None:
-    await node.wait_epoch_change(epoch, EPOCH_WAIT)
+EPOCH_RESULTS = frozenset({Res.NETWORK_ERROR, Res.OLD_NODE_VER})
+
+
+async def _retry_wait(node: "Node", epoch: int, results: list[int]) -> None:
+    """A dead peer or a newer epoch elsewhere: wait for our epoch to move.  A peer that is
+    still catching up (formatting, joining): a short pause is enough."""
+    if any(r in EPOCH_RESULTS for r in results):
+        await node.wait_epoch_change(epoch, EPOCH_WAIT)
+    else:
+        await trio.sleep(0.05)
 
 
 async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int = 0,
@@ -87,7 +95,7 @@ async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int
             retry = [r for r in results if r in RETRY_RESULTS]
             if not retry:
                 return Reply(results[-1])
-            await _retry_wait(node, epoch)
+            await _retry_wait(node, epoch, retry)
     return Reply(Res.NETWORK_ERROR)
 
 
@@ -121,7 +129,7 @@ async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
                 return Reply(failed[-1])
             log.info("%s of %016x: %s, retrying at the next epoch", Op(opcode).name, oid,
                      [hex(r) for r in results])
-            await _retry_wait(node, epoch)
+            await _retry_wait(node, epoch, failed)
     return Reply(Res.NETWORK_ERROR)
 
 

@@ -63,6 +63,8 @@ async def peer_write(node: "Node", req: Request, payload: bytes) -> Reply:
 
 async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
+    if oid_to_vid(a.oid) not in node.vdis.entries:
+        await node.driver.sync()  # a VDI registered a moment ago: learn its object size
     size = _peer_size(node, req)
     if a.offset + len(payload) > size:
         return Reply(Res.INVALID_PARMS)

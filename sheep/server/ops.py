@@ -139,7 +139,10 @@ async def dispatch(node: "Node", req: Request, payload: bytes) -> Reply:
         return Reply(Res.INVALID_PARMS)
     gate = _gate(node, spec)
     if gate != Res.SUCCESS:
-        return Reply(gate)
+        await node.driver.sync()  # e.g. a format just acknowledged by another node
+        gate = _gate(node, spec)
+        if gate != Res.SUCCESS:
+            return Reply(gate)
     if spec.admin:
         log.info("op=%s", spec.name)
     try:

@@ -46,6 +46,10 @@ class ClusterDriver(Protocol):
     async def run(self, handler: ClusterHandler, me: bytes, opaque: bytes, *, task_status) -> None:
         """Join, then deliver events until cancelled or `leave` is called."""
 
+    async def sync(self) -> None:
+        """Process every event the driver has already delivered: a client that got a
+        reply from one node must see its effect on any other node it talks to next."""
+
     async def notify(self, data: bytes) -> None:
         """Broadcast ``data``; returns once this node has processed it itself."""
 

@@ -373,6 +373,11 @@ class LocalDriver:
             self._unlink_member(self.uid)
 
     # ------------------------------------------------------------------ public
+    async def sync(self) -> None:
+        """Process every event already in the log (read-your-writes across nodes)."""
+        if self._joined and not self._left:
+            await self._catch_up()
+
     async def notify(self, data: bytes) -> None:
         async with self._flocked("log.lock", self._append_tlock):
             await self._catch_up()

@@ -1,0 +1,180 @@
+"""Byte-range I/O on a VDI over object I/O: the client algorithm of objects.md §7.
+
+The server only offers object operations; mapping VDI offsets to objects, reading holes as
+zeros, and copy-on-write from ancestors' objects happen here, as in dog, QEMU and sheepfs.
+Object requests are pipelined (a bounded window in flight) so that a large transfer costs
+about one round trip per window, not per object; each request stays within one object.
+"""
+from __future__ import annotations
+
+import struct
+from contextlib import closing
+from typing import Iterator
+
+from ..proto.constants import Op, Res
+from ..proto.inode import STORE_POLICY_HYPER, Inode
+from ..proto.oid import data_vid_offset, vid_to_data_oid, vid_to_vdi_oid
+from .api import Client
+from .sync import Buffer, SheepError
+
+
+class Volume:
+    """One opened VDI.  ``inode`` must be the full inode (its index is used and kept current).
+
+    ``flags`` are added to every data request (dog ``vdi write -w`` adds CMD_CACHE).
+    Not thread-safe; one Volume per connection at a time.
+    """
+
+    def __init__(self, client: Client, inode: Inode, *, readonly: bool = False, flags: int = 0,
+                 window: int = 16) -> None:
+        if inode.header.store_policy == STORE_POLICY_HYPER:
+            # The index of a hyper volume is a B-tree (objects.md §3), not data_vdi_id[].
+            raise NotImplementedError("hyper volumes (B-tree index) are not supported")
+        self.client = client
+        self.inode = inode
+        self.readonly = readonly
+        self.flags = flags
+        self.window = window
+
+    @property
+    def vid(self) -> int:
+        return self.inode.header.vdi_id
+
+    @property
+    def size(self) -> int:
+        return self.inode.header.vdi_size
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.inode.header.block_size_shift
+
+    # ------------------------------------------------------------------ mapping
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range {offset}+{length} is beyond the end of the VDI "
+                             f"({self.size} bytes)")
+
+    def _chunks(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+        """(idx, offset in object, offset in the caller's buffer, length) per object touched."""
+        size = self.object_size
+        pos, end = offset, offset + length
+        while pos < end:
+            idx, off = divmod(pos, size)
+            n = min(end - pos, size - off)
+            yield idx, off, pos - offset, n
+            pos += n
+
+    def _obj(self, opcode: int, oid: int, length: int, offset: int, cow_oid: int = 0):
+        h = self.inode.header
+        return Client.obj_request(opcode, oid, length, offset, flags=self.flags, copies=h.nr_copies,
+                                  copy_policy=h.copy_policy, cow_oid=cow_oid)
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, offset: int, length: int) -> bytearray:
+        """Bytes of the VDI; holes are zeros without a request, objects may be an ancestor's."""
+        self._check_range(offset, length)
+        out = bytearray(length)
+        view = memoryview(out)
+        get_vid = self.inode.get_vid
+
+        def requests():
+            for idx, off, pos, n in self._chunks(offset, length):
+                v = get_vid(idx)
+                if v:
+                    yield self._obj(Op.READ_OBJ, vid_to_data_oid(v, idx), n, off), None, \
+                        view[pos:pos + n]
+
+        with closing(self.client.conn.iter_many(requests(), window=self.window)) as replies:
+            for rsp, _ in replies:
+                if rsp.result != Res.SUCCESS:
+                    raise SheepError(rsp.result)
+        return out
+
+    # ------------------------------------------------------------------ write
+
+    def write(self, offset: int, data: Buffer) -> None:
+        """Write through the COW table of objects.md §7, then update the index.
+
+        Data requests are pipelined; afterwards the entries that changed are written to our
+        own inode, one WRITE_OBJ per contiguous run of indexes this call wrote (entries in
+        a run are either newly ours or were ours already, so nothing stale is written).  On
+        a data error the remaining requests are not sent, successful creates still get
+        their index entries, and the first error is raised.
+        """
+        if self.readonly:
+            raise PermissionError("volume is read-only")
+        view = memoryview(data).cast("B")
+        self._check_range(offset, len(view))
+        me = self.vid
+        plan: list[tuple[int, int]] = []  # (idx, entry before the write), in request order
+        failed: list[int] = []
+
+        def requests():
+            for idx, off, pos, n in self._chunks(offset, len(view)):
+                if failed:
+                    return
+                v = self.inode.get_vid(idx)
+                oid = vid_to_data_oid(me, idx)
+                if v == me:
+                    req = self._obj(Op.WRITE_OBJ, oid, n, off)
+                elif v == 0:
+                    req = self._obj(Op.CREATE_AND_WRITE_OBJ, oid, n, off)
+                else:
+                    req = self._obj(Op.CREATE_AND_WRITE_OBJ, oid, n, off,
+                                    cow_oid=vid_to_data_oid(v, idx))
+                plan.append((idx, v))
+                yield req, view[pos:pos + n], None
+
+        done: list[tuple[int, int]] = []
+        with closing(self.client.conn.iter_many(requests(), window=self.window)) as replies:
+            for i, (rsp, _) in enumerate(replies):
+                if rsp.result == Res.SUCCESS:
+                    done.append(plan[i])
+                else:
+                    failed.append(rsp.result)
+        self._update_index(done)
+        if failed:
+            raise SheepError(failed[0])
+
+    def _update_index(self, done: list[tuple[int, int]]) -> None:
+        """Point changed entries at our objects; the in-memory index follows each success."""
+        me = self.vid
+        runs: list[tuple[int, int]] = []  # [start, stop) of entries to write
+        start = stop = -1
+        prev = -2
+        for idx, old in sorted(done):
+            if idx != prev + 1 and start >= 0:  # a gap ends the run
+                runs.append((start, stop))
+                start = -1
+            if old != me:
+                if start < 0:
+                    start = idx
+                stop = idx + 1
+            prev = idx
+        if start >= 0:
+            runs.append((start, stop))
+        if not runs:
+            return
+        h = self.inode.header
+        inode_oid = vid_to_vdi_oid(me)
+        items = []
+        for a, b in runs:
+            payload = struct.pack(f"<{b - a}I", *([me] * (b - a)))
+            req = Client.obj_request(Op.WRITE_OBJ, inode_oid, len(payload), data_vid_offset(a),
+                                     flags=self.flags, copies=h.nr_copies)
+            items.append((req, payload, None))
+        error = 0
+        with closing(self.client.conn.iter_many(items, window=self.window)) as replies:
+            for (a, b), (rsp, _) in zip(runs, replies):
+                if rsp.result != Res.SUCCESS:
+                    error = error or rsp.result
+                    continue
+                for idx in range(a, b):
+                    self.inode.set_vid(idx, me)
+        if error:
+            raise SheepError(error)
+
+
+__all__ = ["Volume"]
