@@ -15,7 +15,7 @@ from sheep.client.volume import Volume
 from sheep.proto.constants import Flag, Op, Res
 from sheep.proto.header import ObjArgs, Request
 
-from .conftest import SHEEP
+from .harness import SHEEP
 from .test_wire_spec import connect, exchange, header, recv_exact
 
 

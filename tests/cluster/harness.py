@@ -1,0 +1,146 @@
+"""Real `sheep` processes on loopback for tests and benchmarks: own ports, own temp dir,
+torn down by pid (never by name)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sheep.client.api import Client
+from sheep.proto.constants import ClusterFlag
+from sheep.client.sync import SheepConnectionError
+
+BIN = Path(sys.executable).parent
+SHEEP = str(BIN / "sheep")
+DOG = str(BIN / "dog")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def pid_gone(pid: int, timeout: float) -> bool:
+    """Wait for a process that is not our child to disappear (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Sheep:
+    def __init__(self, cluster: "Cluster", idx: int, port: int) -> None:
+        self.cluster = cluster
+        self.idx = idx
+        self.port = port
+        self.store = cluster.root / str(idx)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, *extra: str, wait: bool = True) -> None:
+        cmd = [SHEEP, "-f", "-c", f"local:{self.cluster.driver_dir}", "-z", str(self.idx),
+               "-p", str(self.port), "-l", "level=debug", *extra, str(self.store)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"sheep {self.idx} exited: {self.proc.stderr.read().decode()}")
+            try:
+                with Client("127.0.0.1", self.port) as c:
+                    c.get_node_list()
+                    return
+            except (SheepConnectionError, OSError):
+                time.sleep(0.05)
+        raise TimeoutError(f"sheep {self.idx} on port {self.port} did not start")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        try:
+            return (self.store / "sheep.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        self.driver_dir = root / "cluster"
+        self.nodes = [Sheep(self, i, p) for i, p in enumerate(free_ports(n))]
+
+    def start(self) -> "Cluster":
+        for s in self.nodes:
+            s.start()
+        self.wait_members(len(self.nodes))
+        return self
+
+    def client(self, i: int = 0) -> Client:
+        return Client("127.0.0.1", self.nodes[i].port)
+
+    def wait_members(self, n: int, via: int = 0, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.client(via) as c:
+                if len(c.get_node_list()) == n:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"cluster did not reach {n} members")
+
+    def dog(self, *args: str, port: int | None = None, input: bytes | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [DOG, *args]
+        if port is not False:
+            cmd += ["-p", str(port or self.nodes[0].port)]
+        r = subprocess.run(cmd, input=input, capture_output=True, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{cmd} exited {r.returncode}: {r.stderr.decode()}")
+        return r
+
+    def format(self, copies: int = 3) -> None:
+        t = time.time()
+        with self.client() as c:
+            c.make_fs(copies, 0, ClusterFlag.AUTO_VNODES, (int(t) << 32) | (int(t % 1 * 1e6) * 1000))
+
+    def stop(self) -> None:
+        for s in self.nodes:
+            s.stop()
+
+
