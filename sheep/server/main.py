@@ -233,11 +233,14 @@ def make_driver(spec: str):
 
 
 def lock_store(path: str) -> int:
+    """One sheep per store; the lock file also names the holder's pid (handy for scripts)."""
     fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         die(f"locking directory: {path} failed")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 

@@ -1,0 +1,642 @@
+"""`dog vdi ...` (dog/vdi.c; dog.md §4).
+
+Formatting is kept in pure functions (``vdi_list_row`` ...) so it can be checked against the
+verbatim samples of dog.md §8 without a cluster.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sheep.client.api import Client
+from sheep.client.sync import SheepConnectionError, SheepError
+from sheep.client.volume import Volume
+from sheep.proto.constants import (
+    SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_SIZE,
+    SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
+)
+from sheep.proto.inode import STORE_POLICY_HYPER, Inode, InodeHeader, index_offset
+from sheep.proto.oid import (
+    data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid,
+)
+from sheep.proto.sizes import ec_policy_to_dp, format_copies, strnumber
+from sheep.proto.structs import SdNode
+
+from .common import (
+    EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit,
+    c_name, c_strtol, cpad, describe_open_failure, err, find_vdi, index_entries, index_get,
+    localtime_str, out, out_bytes, parse_copies_opt, parse_shift_opt, parse_size_arg,
+    parse_snapshot_opt, parse_vdi, read_vdi_obj, report_conn_error, run_nested, show_progress,
+)
+
+NR_BATCHED_RECLAMATION_DEFAULT = 128
+OLD_MAX_DATA_OBJS = SD_INODE_DATA_INDEX  # 2^20 index entries of a normal (flat) VDI
+IO_BATCH_OBJECTS = 16  # objects per Volume call in read/write: bounded memory, pipelined I/O
+
+
+@dataclass
+class Options:
+    """`struct vdi_cmd_data`: everything the vdi option letters set."""
+
+    index: int | None = None
+    snapshot_id: int = 0
+    snapshot_tag: str = ""
+    exclusive: bool = False
+    delete: bool = False
+    prealloc: bool = False
+    nr_copies: int = 0
+    copy_policy: int = 0
+    store_policy: int = 0
+    block_size_shift: int = 0
+    writeback: bool = False
+    from_snapshot_id: int = 0
+    from_snapshot_tag: str = ""
+    force: bool = False
+    oid: int = 0
+    no_share: bool = False
+    exist: bool = False
+    reduce_identical_snapshots: bool = False
+    nr_batched_reclamation: int = 0
+    reclamation_interval: int = 0
+    nr_max_reclaim: int = 0
+
+
+_FLAGS = {"P": "prealloc", "n": "no_share", "x": "exclusive", "d": "delete", "w": "writeback",
+          "f": "force", "e": "exist", "R": "reduce_identical_snapshots"}
+_COUNTS = {  # letter: (field, what the message calls it)
+    "B": ("nr_batched_reclamation", "The number of batched reclamation"),
+    "I": ("reclamation_interval", "The interval of batched reclamation"),
+    "m": ("nr_max_reclaim", "The maximum number of reclamation"),
+}
+
+
+def parse_option(o: Options, ch: str, arg: str) -> None:
+    """`vdi_parser`: errors exit 1 at once, in command-line order."""
+    if ch in _FLAGS:
+        setattr(o, _FLAGS[ch], True)
+    elif ch == "i":
+        value, used = c_strtol(arg, 16 if arg.startswith("0x") else 10)
+        if not used:
+            err("The index must be a decimal integer or a hexadecimal integer started with 0x")
+            raise DogExit(EXIT_FAILURE)
+        o.index = value & 0xFFFFFFFFFFFFFFFF
+    elif ch == "s":
+        snapid, tag = parse_snapshot_opt(arg)
+        if snapid:
+            o.snapshot_id = snapid
+        else:
+            o.snapshot_id, o.snapshot_tag = 0, tag
+    elif ch == "c":
+        o.nr_copies, o.copy_policy = parse_copies_opt(arg)
+    elif ch == "F":
+        value, used = c_strtol(arg)
+        if not used or used != len(arg):
+            o.from_snapshot_id, o.from_snapshot_tag = 0, arg
+        else:
+            o.from_snapshot_id = value
+    elif ch == "y":
+        o.store_policy = 1
+        if o.block_size_shift:
+            err("Don't specify both -y and -z options, please")
+            raise DogExit(EXIT_FAILURE)
+    elif ch == "o":
+        value, used = c_strtol(arg, 16)
+        if not used:
+            err("object id must be a hex integer")
+            raise DogExit(EXIT_FAILURE)
+        o.oid = value & 0xFFFFFFFFFFFFFFFF
+    elif ch == "z":
+        shift = parse_shift_opt(arg)
+        if o.store_policy == 1:
+            err("Don't specify both -y and -z options, please")
+            raise DogExit(EXIT_FAILURE)
+        o.block_size_shift = shift
+    elif ch in _COUNTS:
+        name, what = _COUNTS[ch]
+        value, used = c_strtol(arg)
+        if not used:
+            err(f"{what} is invalid: {arg}")
+            raise DogExit(EXIT_FAILURE)
+        if value <= 0:
+            err(f"{what} must bepositive integer")  # sic: no space, as in dog
+            raise DogExit(EXIT_FAILURE)
+        setattr(o, name, value)
+
+
+# ---------------------------------------------------------------- formatting (pure)
+
+LIST_HEADER = ("  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag"
+               "   Block Size Shift\n")
+_C_SPACE = " \t\n\v\f\r"
+
+
+def raw_escape(name: str) -> str:
+    """Raw-mode names: every whitespace character and backslash gets a backslash."""
+    return "".join("\\" + c if c in _C_SPACE or c == "\\" else c for c in name)
+
+
+def vdi_flag(h: InodeHeader, raw: bool = False) -> str:
+    if h.is_snapshot:
+        return "s"
+    if h.snap_id == 1 and h.parent_vdi_id != 0:
+        return "c"
+    return "=" if raw else " "
+
+
+def vdi_list_row(vid: int, h: InodeHeader, snapid: int, my_objs: int, cow_objs: int,
+                 raw: bool = False) -> str:
+    """One `print_vdi_list` line (dog.md §4.6)."""
+    objsize = 1 << h.block_size_shift
+    t = h.create_time >> 32
+    copies = format_copies(h.nr_copies, h.copy_policy)
+    if raw:
+        return (f"{vdi_flag(h, True)} {raw_escape(h.name)} {snapid} {h.vdi_size} "
+                f"{my_objs * objsize} {cow_objs * objsize} {t} {vid:x} {copies} {h.tag} "
+                f"{h.block_size_shift}\n")
+    return (f"{vdi_flag(h)} {cpad(h.name, 8, left=True)} {snapid:5d} {strnumber(h.vdi_size):>7} "
+            f"{strnumber(my_objs * objsize):>7} {strnumber(cow_objs * objsize):>7} "
+            f"{localtime_str(t, '%Y-%m-%d %H:%M')}  {vid:7x} {cpad(copies, 6)} "
+            f"{cpad(h.tag, 13)} {h.block_size_shift:3d}\n")
+
+
+def vdi_list_json(vid: int, h: InodeHeader, snapid: int, my_objs: int, cow_objs: int) -> dict:
+    objsize = 1 << h.block_size_shift
+    d, p = ec_policy_to_dp(h.copy_policy) if h.copy_policy else (0, 0)
+    return {
+        "name": h.name, "vdi_id": vid, "vdi_id_hex": f"{vid:x}", "snapshot_id": snapid,
+        "is_snapshot": h.is_snapshot, "is_clone": vdi_flag(h) == "c", "tag": h.tag,
+        "size": h.vdi_size, "used": my_objs * objsize, "shared": cow_objs * objsize,
+        "creation_time": h.create_time >> 32, "nr_copies": h.nr_copies,
+        "copy_policy": h.copy_policy, "redundancy": format_copies(h.nr_copies, h.copy_policy),
+        "ec_data_strips": d, "ec_parity_strips": p, "block_size_shift": h.block_size_shift,
+        "hyper": h.store_policy == STORE_POLICY_HYPER, "parent_vdi_id": h.parent_vdi_id,
+    }
+
+
+def expected_location(nr_nodes: int, copies: int, owners: list[SdNode]) -> str:
+    """`print_expected_location` (dog.md §4.9)."""
+    if nr_nodes < copies:
+        return (f"\nBecause number of nodes ({nr_nodes}) is less than number of copies "
+                f"({copies}), the object should be located at every nodes.\n")
+    return ("\nAccording to sheepdog algorithm, the object should be located at:\n"
+            + " ".join(str(n.nid) for n in owners) + "\n")
+
+
+def object_map_row(idx: int, vid: int) -> str:
+    return f"{idx:08d} {vid:8x}\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _obj_req(opcode: int, oid: int, length: int, offset: int, h: InodeHeader,
+             flags: int = 0):
+    """An object request carrying the VDI's redundancy, as dog_write_object builds it."""
+    return Client.obj_request(opcode, oid, length, offset, flags=flags, copies=h.nr_copies,
+                              copy_policy=h.copy_policy)
+
+
+def inode_stat(ctx: Context, inode: Inode) -> tuple[int, int]:
+    """`sd_inode_stat`: (own objects, objects shared with ancestors)."""
+    h = inode.header
+    if h.store_policy != STORE_POLICY_HYPER:
+        n = min(h.count_data_objs, SD_INODE_DATA_INDEX)
+        arr = inode.data_vdi_id[:n]
+        mine = arr.count(h.vdi_id) if h.vdi_id else 0
+        return mine, n - arr.count(0) - mine
+    mine = cow = 0
+    for _, v in index_entries(ctx, inode):
+        if v == h.vdi_id:
+            mine += 1
+        else:
+            cow += 1
+    return mine, cow
+
+
+# ---------------------------------------------------------------- list
+
+
+def vdi_list(ctx: Context, args: list[str]) -> int:
+    name = args[0] if args else None
+    oid = ctx.opts.oid
+    if not ctx.raw and not ctx.json:
+        out(LIST_HEADER)
+    if name is None and oid and not is_data_obj(oid):
+        return EXIT_FAILURE
+    rows = []
+    for vid, inode in parse_vdi(ctx, with_index=True):
+        h = inode.header
+        if name is not None:
+            if h.name != name:
+                continue
+        elif oid:
+            idx = data_oid_to_idx(oid)
+            entry = index_get(ctx, inode, idx)
+            if not entry or entry != oid_to_vid(oid):
+                continue
+        mine, cow = inode_stat(ctx, inode)
+        snapid = h.snap_id if h.is_snapshot else 0
+        if ctx.json:
+            rows.append(vdi_list_json(vid, h, snapid, mine, cow))
+        else:
+            out(vdi_list_row(vid, h, snapid, mine, cow, ctx.raw))
+    if ctx.json:
+        out(json.dumps(rows, indent=2) + "\n")
+    return EXIT_SUCCESS
+
+
+# ---------------------------------------------------------------- create
+
+
+def vdi_create(ctx: Context, args: list[str]) -> int:
+    o = ctx.opts
+    name = args[0]
+    if len(args) < 2:
+        err("Please specify the VDI size")
+        return EXIT_USAGE
+    size = parse_size_arg(args[1])
+    if size is None:
+        return EXIT_USAGE
+    shift = o.block_size_shift
+    if shift:
+        object_size = 1 << shift
+    elif o.store_policy == 1:
+        shift = SD_DEFAULT_BLOCK_SIZE_SHIFT  # hyper volumes always use the default size
+        object_size = 1 << shift
+    else:
+        try:
+            cinfo = ctx.client().cluster_info()
+        except SheepConnectionError as e:
+            report_conn_error(e)
+            err("Fail to execute request: SD_OP_CLUSTER_INFO")
+            return EXIT_FAILURE
+        except SheepError as e:
+            err(str(e))
+            return EXIT_FAILURE
+        if not cinfo.ctime:
+            err(f"Failed to create VDI {name}: {SheepError(Res.WAIT_FOR_FORMAT)}")
+            return EXIT_FAILURE
+        object_size = 1 << cinfo.block_size_shift
+    old_max_total_size = object_size * OLD_MAX_DATA_OBJS
+    if size > old_max_total_size and o.store_policy == 0:
+        err(f"VDI size is larger than {strnumber(old_max_total_size)} bytes, please use '-y' to "
+            f"create a hyper volume with size up to {strnumber(SD_MAX_VDI_SIZE)} bytes or use "
+            f"'-z' to create larger object size volume")
+        return EXIT_USAGE
+    if size > SD_MAX_VDI_SIZE:
+        err("VDI size is too large")
+        return EXIT_USAGE
+    if o.prealloc and o.store_policy == 1:
+        # Deviation: dog would insert into the B-tree index; we have no B-tree writer.
+        err("Preallocation of hyper volumes is not supported")
+        return EXIT_FAILURE
+    cl = ctx.client()
+    try:
+        vid = cl.new_vdi(c_name(name), size, copies=o.nr_copies, copy_policy=o.copy_policy,
+                         store_policy=o.store_policy, block_size_shift=shift).vdi_id
+    except SheepError as e:
+        err(f"Failed to create VDI {name}: {e}")
+        return EXIT_FAILURE
+    if o.prealloc:
+        ret = _preallocate(ctx, cl, vid, size)
+        if ret != EXIT_SUCCESS:
+            return ret
+    if ctx.verbose:
+        out(f"{vid:x}\n" if ctx.raw else f"VDI ID of newly created VDI: {vid:x}\n")
+    return EXIT_SUCCESS
+
+
+def _preallocate(ctx: Context, cl: Client, vid: int, size: int) -> int:
+    """-P: an all-zero object (data_length 0) per index, each followed by its index update."""
+    try:
+        inode = cl.read_inode(vid)
+    except SheepError:
+        err("Failed to read a newly created VDI object")
+        return EXIT_FAILURE
+    h = inode.header
+    object_size = h.object_size
+    max_idx = -(-size // object_size)
+    inode_oid = vid_to_vdi_oid(vid)
+    vid_bytes = vid.to_bytes(4, "little")
+    for base in range(0, max_idx, IO_BATCH_OBJECTS):
+        idxs = range(base, min(max_idx, base + IO_BATCH_OBJECTS))
+        show_progress(base * object_size, h.vdi_size)
+        creates = [(_obj_req(Op.CREATE_AND_WRITE_OBJ, vid_to_data_oid(vid, i), 0, 0, h,
+                             Flag.CMD_DIRECT), None) for i in idxs]
+        if any(rsp.result != Res.SUCCESS for rsp, _ in cl.conn.call_many(creates)):
+            return EXIT_FAILURE
+        updates = [(_obj_req(Op.WRITE_OBJ, inode_oid, 4, index_offset(i), h, Flag.CMD_DIRECT),
+                    vid_bytes) for i in idxs]
+        if any(rsp.result != Res.SUCCESS for rsp, _ in cl.conn.call_many(updates)):
+            return EXIT_FAILURE
+        for i in idxs:
+            inode.set_vid(i, vid)
+    show_progress(max_idx * object_size, h.vdi_size)
+    return EXIT_SUCCESS
+
+
+# ---------------------------------------------------------------- delete
+
+
+def vdi_delete(ctx: Context, args: list[str]) -> int:
+    """Delete as dog does (objects.md §6.6), with meaningful exit codes.
+
+    Deviation from sheep 1.0's dog, which always exits 0: "No VDI found" exits 5
+    (EXIT_MISSING) and any other failure exits 1 (dog.md §4.4, "intended codes").
+    """
+    o = ctx.opts
+    return do_vdi_delete(ctx, args[0], o.snapshot_id, o.snapshot_tag)
+
+
+def _missing_or_failure(result: int) -> int:
+    return EXIT_MISSING if result == Res.NO_VDI else EXIT_FAILURE
+
+
+def do_vdi_delete(ctx: Context, name: str, snapid: int, tag: str) -> int:
+    o = ctx.opts
+    batch = o.nr_batched_reclamation or NR_BATCHED_RECLAMATION_DEFAULT
+    result, vid = find_vdi(ctx, name, snapid, tag)
+    if result != Res.SUCCESS:
+        err(describe_open_failure(name, snapid, tag, result))
+        return _missing_or_failure(result)
+    cl = ctx.client()
+    inode_oid = vid_to_vdi_oid(vid)
+    try:
+        inode = Inode.decode(cl.read_object(inode_oid, 0, SD_INODE_SIZE))
+    except SheepError:
+        err(f"failed to read inode object: {inode_oid:016x}")
+        return EXIT_FAILURE
+    h = inode.header
+    # Hyper volumes keep a B-tree in the index area; the server releases their objects on
+    # DEL_VDI, so only flat indexes are zeroed here.
+    if h.store_policy != STORE_POLICY_HYPER:
+        nr_objs = min(h.count_data_objs, SD_INODE_DATA_INDEX)
+        used = [i for i in inode.used_indexes() if i < nr_objs] if nr_objs else []
+        if o.nr_max_reclaim:
+            used = used[:o.nr_max_reclaim]
+        for k in range(0, len(used), batch):
+            chunk = used[k:k + batch]
+            start, stop = chunk[0], chunk[-1] + 1
+            for i in chunk:
+                inode.set_vid(i, 0)
+            req = _obj_req(Op.WRITE_OBJ, inode_oid, 4 * (stop - start), index_offset(start), h,
+                           Flag.CMD_DIRECT)
+            try:
+                cl.checked(req, inode.index_bytes(start, stop))
+            except SheepError:
+                err(f"failed to update inode for discarding objects: {inode_oid:016x}")
+                return EXIT_FAILURE
+            if o.reclamation_interval and k + batch < len(used):
+                time.sleep(o.reclamation_interval)
+    if o.nr_max_reclaim:
+        return EXIT_SUCCESS
+    try:
+        cl.del_vdi(c_name(name), c_name(tag, SD_MAX_VDI_TAG_LEN), snapid)
+    except SheepError as e:
+        err(f"Failed to delete {name}: {e}")
+        return _missing_or_failure(e.result)
+    return EXIT_SUCCESS
+
+
+# ---------------------------------------------------------------- read / write
+
+
+def _offset_len(args: list[str]) -> tuple[int, int | None] | None:
+    """``[<offset> [<len>]]`` through option_parse_size; None after a size error."""
+    offset, length = 0, None
+    if len(args) > 1:
+        offset = parse_size_arg(args[1])
+        if offset is None:
+            return None
+        if len(args) > 2:
+            length = parse_size_arg(args[2])
+            if length is None:
+                return None
+    return offset, length
+
+
+def vdi_read(ctx: Context, args: list[str]) -> int:
+    o = ctx.opts
+    parsed = _offset_len(args)
+    if parsed is None:
+        return EXIT_USAGE
+    offset, length = parsed
+    found = read_vdi_obj(ctx, args[0], o.snapshot_id, o.snapshot_tag)
+    if found is None:
+        return EXIT_FAILURE
+    _, inode = found
+    size = inode.header.vdi_size
+    if size < offset:
+        err("Read offset is beyond the end of the VDI")
+        return EXIT_FAILURE
+    total = size - offset if length is None else min(length, size - offset)
+    try:
+        vol = Volume(ctx.client(), inode, readonly=True)
+    except NotImplementedError as e:
+        err(f"Failed to read VDI: {e}")
+        return EXIT_FAILURE
+    step = IO_BATCH_OBJECTS * vol.object_size
+    pos, end = offset, offset + total
+    while pos < end:
+        n = min(end - pos, step - pos % vol.object_size)
+        try:
+            data = vol.read(pos, n)
+        except (SheepError, SheepConnectionError):
+            err("Failed to read VDI")
+            return EXIT_FAILURE
+        out_bytes(data)
+        pos += n
+    sys.stdout.flush()
+    return EXIT_SUCCESS
+
+
+def _read_stdin(n: int) -> bytes:
+    """``xread``: up to ``n`` bytes, short only at EOF."""
+    stream = sys.stdin.buffer
+    parts, got = [], 0
+    while got < n:
+        chunk = stream.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def vdi_write(ctx: Context, args: list[str]) -> int:
+    """stdin is consumed one object chunk at a time; a short read zero-pads its chunk and
+    ends the write (so EOF on an object boundary still writes one zero chunk, as dog does)."""
+    parsed = _offset_len(args)
+    if parsed is None:
+        return EXIT_USAGE
+    offset, length = parsed
+    found = read_vdi_obj(ctx, args[0])
+    if found is None:
+        return EXIT_FAILURE
+    _, inode = found
+    size = inode.header.vdi_size
+    if size < offset:
+        err("Write offset is beyond the end of the VDI")
+        return EXIT_FAILURE
+    total = size - offset if length is None else min(length, size - offset)
+    try:
+        vol = Volume(ctx.client(), inode, flags=Flag.CMD_CACHE if ctx.opts.writeback else 0)
+    except NotImplementedError as e:
+        err(f"Failed to write VDI: {e}")
+        return EXIT_FAILURE
+    objsize = vol.object_size
+    pos, done = offset, 0
+    while done < total:
+        chunks = []  # object-bounded chunk lengths of this batch
+        p, left = pos, total - done
+        while left and len(chunks) < IO_BATCH_OBJECTS:
+            n = min(left, objsize - p % objsize)
+            chunks.append(n)
+            p += n
+            left -= n
+        data = _read_stdin(sum(chunks))
+        buf, eof = bytearray(), False
+        for n in chunks:
+            piece = data[len(buf):len(buf) + n]
+            buf += piece
+            if len(piece) < n:
+                buf += bytes(n - len(piece))
+                eof = True
+                break
+        try:
+            vol.write(pos, buf)
+        except (SheepError, SheepConnectionError):
+            err("Failed to write VDI")
+            return EXIT_FAILURE
+        pos += len(buf)
+        done += len(buf)
+        if eof:
+            break
+    return EXIT_SUCCESS
+
+
+# ---------------------------------------------------------------- object
+
+
+def _for_each_node_print(ctx: Context, oid: int) -> None:
+    """EXIST to every node, in node order (`for_each_node_print`)."""
+    for n in ctx.nodes:
+        req = Client.obj_request(Op.EXIST, oid, 0)
+        req.epoch = ctx.epoch
+        try:
+            rsp, _ = ctx.node_client(n).call(req)
+        except SheepConnectionError as e:
+            report_conn_error(e)
+            continue
+        sheep = str(n.nid)
+        if rsp.result == Res.SUCCESS:
+            out(f"{sheep} has the object\n")
+        elif rsp.result == Res.NO_OBJ:
+            out(f"{sheep} doesn't have the object\n")
+        elif rsp.result in (Res.OLD_NODE_VER, Res.NEW_NODE_VER):
+            err("The node list has changed: please try again")
+        else:
+            err(f"{sheep}: hit an unexpected error ({SheepError(rsp.result)})")
+
+
+def object_location(ctx: Context, args: list[str]) -> int:
+    o = ctx.opts
+    found = read_vdi_obj(ctx, args[0], o.snapshot_id, o.snapshot_tag)
+    if found is None:
+        err("FATAL: no inode objects")
+        return EXIT_FAILURE
+    _, inode = found
+    h = inode.header
+    vid, nr = h.vdi_id, len(ctx.nodes)
+    if o.index is None:
+        oid = vid_to_vdi_oid(vid)
+        out(f"Looking for the inode object 0x{vid:x} with {nr} nodes\n\n")
+    else:
+        idx = o.index
+        if idx >= 1 << 32:
+            out("The offset is too large!\n")
+            return EXIT_FAILURE
+        owner = index_get(ctx, inode, idx)
+        if not owner:
+            out(f"The inode object 0x{vid:x} idx {idx} is not allocated\n")
+            return EXIT_SUCCESS
+        oid = vid_to_data_oid(owner, idx)
+        out(f"Looking for the object {oid:016x} (vid 0x{vid:x} idx {idx}, {h.nr_copies} copies)"
+            f" with {nr} nodes\n\n")
+    _for_each_node_print(ctx, oid)
+    out(expected_location(nr, h.nr_copies, ctx.ring.oid_to_nodes(oid, h.nr_copies)))
+    return EXIT_SUCCESS
+
+
+def object_map(ctx: Context, args: list[str]) -> int:
+    o = ctx.opts
+    name = args[0]
+    found = read_vdi_obj(ctx, name, o.snapshot_id, o.snapshot_tag)
+    if found is None:
+        err(f"FATAL: {name} not found")
+        return EXIT_FAILURE
+    _, inode = found
+    out("Index       VID\n")
+    if o.index is not None:
+        out(object_map_row(o.index, index_get(ctx, inode, o.index)))
+    else:
+        for idx, vid in index_entries(ctx, inode):
+            out(object_map_row(idx, vid))
+    return EXIT_SUCCESS
+
+
+def dump_inode_text(inode: Inode) -> str:
+    """`vdi_object_dump_inode` output for a local inode object file."""
+    h = inode.header
+    lines = [f"name: {h.name}", f"tag: {h.tag}", f"create_time: {h.create_time:x}",
+             f"snap_ctime: {h.snap_ctime:x}", f"vm_clock_nsec: {h.vm_clock_nsec:x}",
+             f"vdi_size: {h.vdi_size}", f"vm_state_size: {h.vm_state_size}",
+             f"copy_policy: {h.copy_policy}", f"store_policy: {h.store_policy}",
+             f"nr_copies: {h.nr_copies}", f"block_size_shift: {h.block_size_shift}",
+             f"snap_id: {h.snap_id}", f"vdi_id: {h.vdi_id:x}", f"parent_vdi_id: {h.parent_vdi_id:x}",
+             f"btree_counter: {h.btree_counter}", "data_vdi_id:"]
+    used = list(inode.used_indexes())
+    lines += [f"{i}: {inode.get_vid(i):x}" for i in used]
+    lines.append("gref:")
+    text = "\n".join(lines) + "\n"
+    refs = []
+    for i in used:
+        gen, count = inode.gref_of(i)
+        refs.append(f"{i}: {inode.get_vid(i):x}, {gen}, {count}\n")
+    return text + "".join(refs)
+
+
+def object_dump_inode(ctx: Context, args: list[str]) -> int:
+    try:
+        with open(args[0], "rb") as f:
+            data = f.read(SD_INODE_SIZE)
+    except OSError as e:
+        err(f"failed to open inode object file: {e.strerror}")
+        return EXIT_FAILURE
+    if len(data) != SD_INODE_SIZE:
+        err("failed to read inode object file: Success")
+        return EXIT_FAILURE
+    out(dump_inode_text(Inode.decode(data)))
+    return EXIT_SUCCESS
+
+
+OBJECT_HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
+    "location": object_location, "map": object_map, "dump-inode": object_dump_inode,
+}
+
+
+def vdi_object(ctx: Context, args: list[str]) -> int:
+    return run_nested(ctx, args, OBJECT_HANDLERS)
+
+
+HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
+    "create": vdi_create,
+    "delete": vdi_delete,
+    "list": vdi_list,
+    "read": vdi_read,
+    "write": vdi_write,
+    "object": vdi_object,
+}
