@@ -6,35 +6,32 @@ verbatim samples of dog.md §8 without a cluster.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from sheep.client.api import Client
 from sheep.client.sync import SheepConnectionError, SheepError
-from sheep.client.volume import Volume
 from sheep.proto.constants import (
-    SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_SIZE,
-    SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
+    SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_SIZE, Flag, Op,
+    SD_MAX_VDI_TAG_LEN, Res,
 )
 from sheep.proto.inode import STORE_POLICY_HYPER, Inode, InodeHeader, index_offset
-from sheep.proto.oid import (
-    data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid,
-)
+from sheep.proto.oid import data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid
 from sheep.proto.sizes import ec_policy_to_dp, format_copies, strnumber
-from sheep.proto.structs import SdNode
 
 from .common import (
-    EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit,
-    c_name, c_strtol, cpad, describe_open_failure, err, find_vdi, index_entries, index_get,
-    localtime_str, out, out_bytes, parse_copies_opt, parse_shift_opt, parse_size_arg,
-    parse_snapshot_opt, parse_vdi, read_vdi_obj, report_conn_error, run_nested, show_progress,
+    EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit, c_name, c_strtol,
+    cpad, describe_open_failure, err, find_vdi, index_entries, index_get, localtime_str, out,
+    parse_copies_opt, parse_shift_opt, parse_size_arg, parse_snapshot_opt, parse_vdi,
+    report_conn_error, show_progress,
 )
+from .vdi_io import vdi_read, vdi_write
+from .vdi_object import vdi_object
 
 NR_BATCHED_RECLAMATION_DEFAULT = 128
 OLD_MAX_DATA_OBJS = SD_INODE_DATA_INDEX  # 2^20 index entries of a normal (flat) VDI
-IO_BATCH_OBJECTS = 16  # objects per Volume call in read/write: bounded memory, pipelined I/O
+PREALLOC_BATCH = 16  # objects created per pipelined round in -P
 
 
 @dataclass
@@ -176,19 +173,6 @@ def vdi_list_json(vid: int, h: InodeHeader, snapid: int, my_objs: int, cow_objs:
     }
 
 
-def expected_location(nr_nodes: int, copies: int, owners: list[SdNode]) -> str:
-    """`print_expected_location` (dog.md §4.9)."""
-    if nr_nodes < copies:
-        return (f"\nBecause number of nodes ({nr_nodes}) is less than number of copies "
-                f"({copies}), the object should be located at every nodes.\n")
-    return ("\nAccording to sheepdog algorithm, the object should be located at:\n"
-            + " ".join(str(n.nid) for n in owners) + "\n")
-
-
-def object_map_row(idx: int, vid: int) -> str:
-    return f"{idx:08d} {vid:8x}\n"
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -321,8 +305,8 @@ def _preallocate(ctx: Context, cl: Client, vid: int, size: int) -> int:
     max_idx = -(-size // object_size)
     inode_oid = vid_to_vdi_oid(vid)
     vid_bytes = vid.to_bytes(4, "little")
-    for base in range(0, max_idx, IO_BATCH_OBJECTS):
-        idxs = range(base, min(max_idx, base + IO_BATCH_OBJECTS))
+    for base in range(0, max_idx, PREALLOC_BATCH):
+        idxs = range(base, min(max_idx, base + PREALLOC_BATCH))
         show_progress(base * object_size, h.vdi_size)
         creates = [(_obj_req(Op.CREATE_AND_WRITE_OBJ, vid_to_data_oid(vid, i), 0, 0, h,
                              Flag.CMD_DIRECT), None) for i in idxs]
@@ -399,237 +383,6 @@ def do_vdi_delete(ctx: Context, name: str, snapid: int, tag: str) -> int:
         err(f"Failed to delete {name}: {e}")
         return _missing_or_failure(e.result)
     return EXIT_SUCCESS
-
-
-# ---------------------------------------------------------------- read / write
-
-
-def _offset_len(args: list[str]) -> tuple[int, int | None] | None:
-    """``[<offset> [<len>]]`` through option_parse_size; None after a size error."""
-    offset, length = 0, None
-    if len(args) > 1:
-        offset = parse_size_arg(args[1])
-        if offset is None:
-            return None
-        if len(args) > 2:
-            length = parse_size_arg(args[2])
-            if length is None:
-                return None
-    return offset, length
-
-
-def vdi_read(ctx: Context, args: list[str]) -> int:
-    o = ctx.opts
-    parsed = _offset_len(args)
-    if parsed is None:
-        return EXIT_USAGE
-    offset, length = parsed
-    found = read_vdi_obj(ctx, args[0], o.snapshot_id, o.snapshot_tag)
-    if found is None:
-        return EXIT_FAILURE
-    _, inode = found
-    size = inode.header.vdi_size
-    if size < offset:
-        err("Read offset is beyond the end of the VDI")
-        return EXIT_FAILURE
-    total = size - offset if length is None else min(length, size - offset)
-    try:
-        vol = Volume(ctx.client(), inode, readonly=True)
-    except NotImplementedError as e:
-        err(f"Failed to read VDI: {e}")
-        return EXIT_FAILURE
-    step = IO_BATCH_OBJECTS * vol.object_size
-    pos, end = offset, offset + total
-    while pos < end:
-        n = min(end - pos, step - pos % vol.object_size)
-        try:
-            data = vol.read(pos, n)
-        except (SheepError, SheepConnectionError):
-            err("Failed to read VDI")
-            return EXIT_FAILURE
-        out_bytes(data)
-        pos += n
-    sys.stdout.flush()
-    return EXIT_SUCCESS
-
-
-def _read_stdin(n: int) -> bytes:
-    """``xread``: up to ``n`` bytes, short only at EOF."""
-    stream = sys.stdin.buffer
-    parts, got = [], 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def vdi_write(ctx: Context, args: list[str]) -> int:
-    """stdin is consumed one object chunk at a time; a short read zero-pads its chunk and
-    ends the write (so EOF on an object boundary still writes one zero chunk, as dog does)."""
-    parsed = _offset_len(args)
-    if parsed is None:
-        return EXIT_USAGE
-    offset, length = parsed
-    found = read_vdi_obj(ctx, args[0])
-    if found is None:
-        return EXIT_FAILURE
-    _, inode = found
-    size = inode.header.vdi_size
-    if size < offset:
-        err("Write offset is beyond the end of the VDI")
-        return EXIT_FAILURE
-    total = size - offset if length is None else min(length, size - offset)
-    try:
-        vol = Volume(ctx.client(), inode, flags=Flag.CMD_CACHE if ctx.opts.writeback else 0)
-    except NotImplementedError as e:
-        err(f"Failed to write VDI: {e}")
-        return EXIT_FAILURE
-    objsize = vol.object_size
-    pos, done = offset, 0
-    while done < total:
-        chunks = []  # object-bounded chunk lengths of this batch
-        p, left = pos, total - done
-        while left and len(chunks) < IO_BATCH_OBJECTS:
-            n = min(left, objsize - p % objsize)
-            chunks.append(n)
-            p += n
-            left -= n
-        data = _read_stdin(sum(chunks))
-        buf, eof = bytearray(), False
-        for n in chunks:
-            piece = data[len(buf):len(buf) + n]
-            buf += piece
-            if len(piece) < n:
-                buf += bytes(n - len(piece))
-                eof = True
-                break
-        try:
-            vol.write(pos, buf)
-        except (SheepError, SheepConnectionError):
-            err("Failed to write VDI")
-            return EXIT_FAILURE
-        pos += len(buf)
-        done += len(buf)
-        if eof:
-            break
-    return EXIT_SUCCESS
-
-
-# ---------------------------------------------------------------- object
-
-
-def _for_each_node_print(ctx: Context, oid: int) -> None:
-    """EXIST to every node, in node order (`for_each_node_print`)."""
-    for n in ctx.nodes:
-        req = Client.obj_request(Op.EXIST, oid, 0)
-        req.epoch = ctx.epoch
-        try:
-            rsp, _ = ctx.node_client(n).call(req)
-        except SheepConnectionError as e:
-            report_conn_error(e)
-            continue
-        sheep = str(n.nid)
-        if rsp.result == Res.SUCCESS:
-            out(f"{sheep} has the object\n")
-        elif rsp.result == Res.NO_OBJ:
-            out(f"{sheep} doesn't have the object\n")
-        elif rsp.result in (Res.OLD_NODE_VER, Res.NEW_NODE_VER):
-            err("The node list has changed: please try again")
-        else:
-            err(f"{sheep}: hit an unexpected error ({SheepError(rsp.result)})")
-
-
-def object_location(ctx: Context, args: list[str]) -> int:
-    o = ctx.opts
-    found = read_vdi_obj(ctx, args[0], o.snapshot_id, o.snapshot_tag)
-    if found is None:
-        err("FATAL: no inode objects")
-        return EXIT_FAILURE
-    _, inode = found
-    h = inode.header
-    vid, nr = h.vdi_id, len(ctx.nodes)
-    if o.index is None:
-        oid = vid_to_vdi_oid(vid)
-        out(f"Looking for the inode object 0x{vid:x} with {nr} nodes\n\n")
-    else:
-        idx = o.index
-        if idx >= 1 << 32:
-            out("The offset is too large!\n")
-            return EXIT_FAILURE
-        owner = index_get(ctx, inode, idx)
-        if not owner:
-            out(f"The inode object 0x{vid:x} idx {idx} is not allocated\n")
-            return EXIT_SUCCESS
-        oid = vid_to_data_oid(owner, idx)
-        out(f"Looking for the object {oid:016x} (vid 0x{vid:x} idx {idx}, {h.nr_copies} copies)"
-            f" with {nr} nodes\n\n")
-    _for_each_node_print(ctx, oid)
-    out(expected_location(nr, h.nr_copies, ctx.ring.oid_to_nodes(oid, h.nr_copies)))
-    return EXIT_SUCCESS
-
-
-def object_map(ctx: Context, args: list[str]) -> int:
-    o = ctx.opts
-    name = args[0]
-    found = read_vdi_obj(ctx, name, o.snapshot_id, o.snapshot_tag)
-    if found is None:
-        err(f"FATAL: {name} not found")
-        return EXIT_FAILURE
-    _, inode = found
-    out("Index       VID\n")
-    if o.index is not None:
-        out(object_map_row(o.index, index_get(ctx, inode, o.index)))
-    else:
-        for idx, vid in index_entries(ctx, inode):
-            out(object_map_row(idx, vid))
-    return EXIT_SUCCESS
-
-
-def dump_inode_text(inode: Inode) -> str:
-    """`vdi_object_dump_inode` output for a local inode object file."""
-    h = inode.header
-    lines = [f"name: {h.name}", f"tag: {h.tag}", f"create_time: {h.create_time:x}",
-             f"snap_ctime: {h.snap_ctime:x}", f"vm_clock_nsec: {h.vm_clock_nsec:x}",
-             f"vdi_size: {h.vdi_size}", f"vm_state_size: {h.vm_state_size}",
-             f"copy_policy: {h.copy_policy}", f"store_policy: {h.store_policy}",
-             f"nr_copies: {h.nr_copies}", f"block_size_shift: {h.block_size_shift}",
-             f"snap_id: {h.snap_id}", f"vdi_id: {h.vdi_id:x}", f"parent_vdi_id: {h.parent_vdi_id:x}",
-             f"btree_counter: {h.btree_counter}", "data_vdi_id:"]
-    used = list(inode.used_indexes())
-    lines += [f"{i}: {inode.get_vid(i):x}" for i in used]
-    lines.append("gref:")
-    text = "\n".join(lines) + "\n"
-    refs = []
-    for i in used:
-        gen, count = inode.gref_of(i)
-        refs.append(f"{i}: {inode.get_vid(i):x}, {gen}, {count}\n")
-    return text + "".join(refs)
-
-
-def object_dump_inode(ctx: Context, args: list[str]) -> int:
-    try:
-        with open(args[0], "rb") as f:
-            data = f.read(SD_INODE_SIZE)
-    except OSError as e:
-        err(f"failed to open inode object file: {e.strerror}")
-        return EXIT_FAILURE
-    if len(data) != SD_INODE_SIZE:
-        err("failed to read inode object file: Success")
-        return EXIT_FAILURE
-    out(dump_inode_text(Inode.decode(data)))
-    return EXIT_SUCCESS
-
-
-OBJECT_HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
-    "location": object_location, "map": object_map, "dump-inode": object_dump_inode,
-}
-
-
-def vdi_object(ctx: Context, args: list[str]) -> int:
-    return run_nested(ctx, args, OBJECT_HANDLERS)
 
 
 HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import trio
 
@@ -69,34 +69,51 @@ async def _retry_wait(node: "Node", epoch: int, results: list[int]) -> None:
         await trio.sleep(0.05)
 
 
-async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int = 0,
-                   flags: int = 0) -> Reply:
-    """READ_OBJ: the first replica that answers SUCCESS wins."""
-    copies = obj_copies(node, oid, copies)
+Attempt = Callable[[list[SdNode]], Awaitable[tuple[Reply | None, list[int]]]]
+
+
+async def _retrying(node: "Node", oid: int, copies: int, attempt: Attempt) -> Reply:
+    """Run ``attempt`` on the object's current replicas until it has an answer a client may
+    see: a success, or a failure that is not about membership changing."""
     with trio.move_on_after(RETRY_TIMEOUT):
         while True:
             epoch = node.epoch
             targets = node.ring.oid_to_nodes(oid, copies)
             if not targets:
                 return Reply(Res.HALT)
-            local = [t for t in targets if t.nid == node.me.nid]
-            others = [t for t in targets if t.nid != node.me.nid]
-            if others:
-                k = random.randrange(len(others))
-                others = others[k:] + others[:k]
-            req = _peer_request(node, Op.READ_OBJ, oid, offset, length, copies, flags & ~Flag.CMD_WRITE)
-            results = []
-            for target in local + others:
-                req.epoch = node.epoch
-                result, data = await send_to(node, target, req, None)
-                if result == Res.SUCCESS:
-                    return Reply(Res.SUCCESS, data)
-                results.append(result)
-            retry = [r for r in results if r in RETRY_RESULTS]
+            reply, failed = await attempt(targets)
+            if reply is not None:
+                return reply
+            retry = [r for r in failed if r in RETRY_RESULTS]
             if not retry:
-                return Reply(results[-1])
+                return Reply(failed[-1])
+            log.info("request on %016x: %s, retrying at the next epoch", oid, [hex(r) for r in failed])
             await _retry_wait(node, epoch, retry)
     return Reply(Res.NETWORK_ERROR)
+
+
+async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int = 0,
+                   flags: int = 0) -> Reply:
+    """READ_OBJ: the local replica first, then the others from a random one; first SUCCESS wins."""
+    copies = obj_copies(node, oid, copies)
+
+    async def attempt(targets: list[SdNode]) -> tuple[Reply | None, list[int]]:
+        local = [t for t in targets if t.nid == node.me.nid]
+        others = [t for t in targets if t.nid != node.me.nid]
+        if others:
+            k = random.randrange(len(others))
+            others = others[k:] + others[:k]
+        req = _peer_request(node, Op.READ_OBJ, oid, offset, length, copies, flags & ~Flag.CMD_WRITE)
+        results = []
+        for target in local + others:
+            req.epoch = node.epoch
+            result, data = await send_to(node, target, req, None)
+            if result == Res.SUCCESS:
+                return Reply(Res.SUCCESS, data), []
+            results.append(result)
+        return None, results
+
+    return await _retrying(node, oid, copies, attempt)
 
 
 async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
@@ -104,33 +121,23 @@ async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
                  cow_oid: int = 0) -> Reply:
     """CREATE_AND_WRITE / WRITE / REMOVE on every replica; SUCCESS only if all succeeded."""
     copies = obj_copies(node, oid, copies)
-    with trio.move_on_after(RETRY_TIMEOUT):
-        while True:
-            epoch = node.epoch
-            targets = node.ring.oid_to_nodes(oid, copies)
-            if not targets:
-                return Reply(Res.HALT)
-            results: list[int] = [Res.SUCCESS] * len(targets)
-            wflags = (flags | Flag.CMD_WRITE) if len(data) else (flags & ~Flag.CMD_WRITE)
-            if opcode == Op.REMOVE_OBJ:
-                wflags &= ~Flag.CMD_WRITE
+    has_payload = len(data) > 0 and opcode != Op.REMOVE_OBJ
+    wflags = (flags | Flag.CMD_WRITE) if has_payload else (flags & ~Flag.CMD_WRITE)
 
-            async def one(i: int, target: SdNode) -> None:
-                req = _peer_request(node, opcode, oid, offset, len(data), copies, wflags, cow_oid)
-                results[i], _ = await send_to(node, target, req, data if len(data) else None)
+    async def attempt(targets: list[SdNode]) -> tuple[Reply | None, list[int]]:
+        results: list[int] = [Res.SUCCESS] * len(targets)
 
-            async with trio.open_nursery() as nursery:
-                for i, target in enumerate(targets):
-                    nursery.start_soon(one, i, target)
-            failed = [r for r in results if r != Res.SUCCESS]
-            if not failed:
-                return Reply(Res.SUCCESS)
-            if not any(r in RETRY_RESULTS for r in failed):
-                return Reply(failed[-1])
-            log.info("%s of %016x: %s, retrying at the next epoch", Op(opcode).name, oid,
-                     [hex(r) for r in results])
-            await _retry_wait(node, epoch, failed)
-    return Reply(Res.NETWORK_ERROR)
+        async def one(i: int, target: SdNode) -> None:
+            req = _peer_request(node, opcode, oid, offset, len(data), copies, wflags, cow_oid)
+            results[i], _ = await send_to(node, target, req, data if has_payload else None)
+
+        async with trio.open_nursery() as nursery:
+            for i, target in enumerate(targets):
+                nursery.start_soon(one, i, target)
+        failed = [r for r in results if r != Res.SUCCESS]
+        return (None, failed) if failed else (Reply(Res.SUCCESS), [])
+
+    return await _retrying(node, oid, copies, attempt)
 
 
 def readonly(node: "Node", oid: int) -> bool:

@@ -131,6 +131,14 @@ def _kv(text: str) -> dict[str, str]:
     return out
 
 
+def _address(text: str) -> str:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        die(f"Bad address '{text}'")
+    return text
+
+
 def _int_in(text: str, lo: int, hi: int) -> int | None:
     return int(text) if text.isdigit() and lo <= int(text) <= hi else None
 
@@ -155,17 +163,9 @@ def parse(argv: list[str]) -> Options:
                 die(f"Invalid port number '{value}'")
             o.port = port
         elif letter == "b":
-            try:
-                socket.inet_pton(socket.AF_INET6 if ":" in value else socket.AF_INET, value)
-            except OSError:
-                die(f"Bad address '{value}'")
-            o.bind_addr = value
+            o.bind_addr = _address(value)
         elif letter == "y":
-            try:
-                socket.inet_pton(socket.AF_INET6 if ":" in value else socket.AF_INET, value)
-            except OSError:
-                die(f"Bad address '{value}'")
-            o.advertise_addr = value
+            o.advertise_addr = _address(value)
         elif letter == "c":
             driver, _, arg = value.partition(":")
             if driver not in DRIVERS:

@@ -122,7 +122,8 @@ class Node:
             self.meta.save_config(cfg)
         self.space = 0 if self.opts.gateway else cfg.space
         self.ctime = cfg.ctime
-        self.flags = cfg.flags
+        # an unformatted node advertises its vnode strategy (dog cluster format checks it)
+        self.flags = cfg.flags if cfg.ctime else (ClusterFlag.AUTO_VNODES if self.auto_vnodes else 0)
         self.nr_copies = cfg.copies or SD_DEFAULT_COPIES
         self.copy_policy = cfg.copy_policy
         self.block_size_shift = cfg.block_size_shift or SD_DEFAULT_BLOCK_SIZE_SHIFT

@@ -108,11 +108,16 @@ def _vdi_reply(node: "Node", vid: int) -> Reply:
 
 # ---------------------------------------------------------------------------- GET_VDI_INFO / LOCK
 
-async def get_vdi_info_work(node: "Node", req: Request, payload: bytes) -> Reply:
+async def resolve(node: "Node", req: Request, payload: bytes) -> Lookup:
+    """Name (+ tag) payload and snapid of a GET_VDI_INFO-style request to a vid."""
     nt = _name_tag(payload)
     if nt is None:
-        return Reply(Res.INVALID_PARMS)
-    found = await lookup(node, nt[0], nt[1], req.args.snapid)
+        return Lookup(Res.INVALID_PARMS)
+    return await lookup(node, nt[0], nt[1], req.args.snapid)
+
+
+async def get_vdi_info_work(node: "Node", req: Request, payload: bytes) -> Reply:
+    found = await resolve(node, req, payload)
     if found.result != Res.SUCCESS:
         return Reply(found.result)
     return _vdi_reply(node, found.vid)
@@ -233,10 +238,7 @@ async def new_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, m
 
 async def del_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
     """Unlike sheep 1.0, deletion is effective whatever the index holds (objects.md §6.6)."""
-    nt = _name_tag(payload)
-    if nt is None:
-        return Reply(Res.INVALID_PARMS)
-    found = await lookup(node, nt[0], nt[1], req.args.snapid)
+    found = await resolve(node, req, payload)
     if found.result != Res.SUCCESS:
         return Reply(found.result)
     vid = found.vid
@@ -250,12 +252,12 @@ async def del_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
         gen, count = inode.gref_of(idx)
         await reclaim.release(node, inode.get_vid(idx), idx, gen, count)
     hdr = inode.header
-    hdr.name = ""
+    hdr_name, hdr.name = hdr.name, ""
     hdr.vdi_size = 0
     cleared = await gateway.create_and_write(node, oid, 0, hdr.encode(), copies)
     if cleared.result != Res.SUCCESS:
         return Reply(Res.VDI_WRITE)
-    log.info("deleted VDI %s (%x)", nt[0].decode(errors="replace"), vid)
+    log.info("deleted VDI %s (%x)", hdr_name, vid)
     return Reply(Res.SUCCESS, args=VdiRsp(vdi_id=vid))
 
 
