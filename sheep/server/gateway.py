@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
@@ -40,10 +40,10 @@ def obj_size(node: "Node", oid: int) -> int:
 
 
 def _peer_request(node: "Node", opcode: int, oid: int, offset: int, length: int, copies: int,
-                  flags: int, cow_oid: int = 0) -> Request:
+                  flags: int, cow_oid: int = 0, args: Any = None) -> Request:
     return Request(GATEWAY_TO_PEER[opcode], flags=flags | Flag.CMD_FWD, data_length=length,
                    epoch=node.epoch, proto_ver=SD_SHEEP_PROTO_VER,
-                   args=ObjArgs(oid=oid, cow_oid=cow_oid, copies=copies, offset=offset))
+                   args=args or ObjArgs(oid=oid, cow_oid=cow_oid, copies=copies, offset=offset))
 
 
 async def send_to(node: "Node", target: SdNode, req: Request,
@@ -118,17 +118,18 @@ async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int
 
 async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
                  data: bytes | bytearray | memoryview = b"", copies: int = 0, flags: int = 0,
-                 cow_oid: int = 0) -> Reply:
-    """CREATE_AND_WRITE / WRITE / REMOVE on every replica; SUCCESS only if all succeeded."""
+                 cow_oid: int = 0, args: Any = None) -> Reply:
+    """CREATE_AND_WRITE / WRITE / REMOVE / DECREF on every replica; SUCCESS only if all
+    succeeded.  ``args`` replaces the object union (DECREF carries a `RefArgs`)."""
     copies = obj_copies(node, oid, copies)
-    has_payload = len(data) > 0 and opcode != Op.REMOVE_OBJ
+    has_payload = len(data) > 0 and opcode not in (Op.REMOVE_OBJ, Op.DECREF_OBJ)
     wflags = (flags | Flag.CMD_WRITE) if has_payload else (flags & ~Flag.CMD_WRITE)
 
     async def attempt(targets: list[SdNode]) -> tuple[Reply | None, list[int]]:
         results: list[int] = [Res.SUCCESS] * len(targets)
 
         async def one(i: int, target: SdNode) -> None:
-            req = _peer_request(node, opcode, oid, offset, len(data), copies, wflags, cow_oid)
+            req = _peer_request(node, opcode, oid, offset, len(data), copies, wflags, cow_oid, args)
             results[i], _ = await send_to(node, target, req, data if has_payload else None)
 
         async with trio.open_nursery() as nursery:

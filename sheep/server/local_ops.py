@@ -14,10 +14,13 @@ from ..proto.constants import (
     CLUSTER_INFO_SIZE, EPOCH_LOG_SIZE, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_DEFAULT_COPIES, SD_NODE_SIZE,
     VDI_BITMAP_SIZE, Flag, Op, Res, Status,
 )
-from ..proto.header import ClusterDefaultRsp, HashRsp, NodeRsp, ObjArgs, Request, Response
-from ..proto.oid import is_vdi_obj, object_size, oid_to_vid
-from ..proto.structs import EpochLog, RecoveryState, RecoveryThrottling, cstr, decode_epoch_file, encode_nodes
-from . import gateway
+from ..proto.header import ClusterDefaultRsp, HashRsp, NodeRsp, ObjArgs, RefArgs, Request, Response
+from ..proto.oid import (
+    data_oid_to_idx, data_vid_offset, is_data_obj, is_vdi_obj, ledger_to_data_oid, object_size, oid_to_vid,
+    vid_to_vdi_oid,
+)
+from ..proto.structs import SdNode, EpochLog, RecoveryState, RecoveryThrottling, cstr, decode_epoch_file, encode_nodes
+from . import gateway, reclaim
 from .node import Reply
 from .store import StoreError
 
@@ -75,6 +78,23 @@ async def peer_remove(node: "Node", req: Request, payload: bytes) -> Reply:
     return await _store_call(node, node.store.remove, req.args.oid)
 
 
+async def peer_decref(node: "Node", req: Request, payload: bytes) -> Reply:
+    """Apply a ledger decrement locally; the ledger's first owner removes an unreferenced object."""
+    a: RefArgs = req.args
+    async with node.object_lock(a.oid):
+        try:
+            emptied = await node.io(reclaim.apply_decref, node.store, a.oid, a.generation, a.count)
+        except StoreError as e:
+            return Reply(e.result)
+    if emptied:
+        owners = node.ring.oid_to_nodes(a.oid, gateway.obj_copies(node, a.oid))
+        if owners and owners[0].nid == node.me.nid:
+            data_oid = ledger_to_data_oid(a.oid)
+            reply = await gateway.fanout(node, Op.REMOVE_OBJ, data_oid)
+            log.info("%016x is no longer referenced: removed (%#x)", data_oid, reply.result)
+    return Reply(Res.SUCCESS)
+
+
 # ---------------------------------------------------------------------------- gateway object I/O
 
 async def gw_read(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -90,7 +110,6 @@ async def gw_write(node: "Node", req: Request, payload: bytes) -> Reply:
         return Reply(Res.INVALID_PARMS)
     if gateway.readonly(node, a.oid):
         return Reply(Res.READONLY)
-    from . import reclaim
     if is_vdi_obj(a.oid) and reclaim.is_index_update(a.offset, len(payload)):
         copies = gateway.obj_copies(node, a.oid, a.copies)
         return Reply(await reclaim.write_index(node, a.oid, a.offset, payload, copies,
@@ -107,6 +126,30 @@ async def gw_create_and_write(node: "Node", req: Request, payload: bytes) -> Rep
 
 async def gw_remove(node: "Node", req: Request, payload: bytes) -> Reply:
     return await gateway.fanout(node, Op.REMOVE_OBJ, req.args.oid, copies=req.args.copies)
+
+
+async def gw_decref(node: "Node", req: Request, payload: bytes) -> Reply:
+    a: RefArgs = req.args
+    return await gateway.fanout(node, Op.DECREF_OBJ, a.oid,
+                                args=RefArgs(oid=a.oid, generation=a.generation, count=a.count))
+
+
+async def discard_obj(node: "Node", req: Request, payload: bytes) -> Reply:
+    """DISCARD_OBJ: clear the index entry (which releases the reference).  Unlike sheep 1.0
+    we do not then remove the object unconditionally: a snapshot or clone may still use it,
+    and the release already removed it if this VDI was its only owner."""
+    oid = req.args.oid
+    if not is_data_obj(oid):
+        return Reply(Res.INVALID_PARMS)
+    vid, idx = oid_to_vid(oid), data_oid_to_idx(oid)
+    inode_oid = vid_to_vdi_oid(vid)
+    copies = gateway.obj_copies(node, inode_oid)
+    entry = await gateway.read_obj(node, inode_oid, data_vid_offset(idx), 4, copies)
+    if entry.result != Res.SUCCESS:
+        return Reply(entry.result)
+    if bytes(entry.data) == bytes(4):
+        return Reply(Res.SUCCESS)
+    return Reply(await reclaim.write_index(node, inode_oid, data_vid_offset(idx), bytes(4), copies, 0))
 
 
 # ---------------------------------------------------------------------------- information
@@ -307,7 +350,7 @@ async def make_fs_work(node: "Node", req: Request, payload: bytes) -> Reply:
     return Reply(Res.SUCCESS)
 
 
-async def make_fs_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def make_fs_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     a = req.args
     await node.io(node.store.purge)
     node.ctime = a.ctime
@@ -329,14 +372,14 @@ async def make_fs_main(node: "Node", req: Request, rsp: Response, data: bytes, m
              node.nr_copies, node.copy_policy, node.block_size_shift, node.flags)
 
 
-async def shutdown_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def shutdown_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     node.status = Status.SHUTDOWN
     await node.io(node.save_config, 1)
     log.info("cluster shutdown requested")
     node.shutdown_event.set()
 
 
-async def recover_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def recover_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     node.disable_recovery = 1 if req.opcode == Op.DISABLE_RECOVER else 0
 
 
@@ -344,7 +387,7 @@ async def alter_cluster_copy_work(node: "Node", req: Request, payload: bytes) ->
     return Reply(Res.INVALID_PARMS if req.args.copy_policy else Res.SUCCESS)
 
 
-async def alter_cluster_copy_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def alter_cluster_copy_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     node.nr_copies = req.args.copies
     await node.io(node.save_config)
 

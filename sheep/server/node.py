@@ -100,6 +100,17 @@ class Node:
         self._epoch_event = trio.Event()
         self.shutdown_event = trio.Event()
         self.me = SdNode(NodeId.from_host(opts.advertise_addr, opts.port), 0, 0, 0)
+        self._object_locks: dict[int, trio.Lock] = {}
+
+    def object_lock(self, oid: int) -> trio.Lock:
+        """Serializes read-modify-write of one local object (ledgers)."""
+        lock = self._object_locks.get(oid)
+        if lock is None:
+            lock = self._object_locks[oid] = trio.Lock()
+        if len(self._object_locks) > 4096:  # forget idle locks
+            for k in [k for k, v in self._object_locks.items() if not v.locked() and k != oid]:
+                del self._object_locks[k]
+        return lock
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -269,7 +280,7 @@ class Node:
             log.error("broadcast of unknown cluster op %#x ignored", req.opcode)
             return
         try:
-            await spec.main(self, req, rsp, data[2 * HEADER_SIZE:], sender.uid == self.driver.uid)
+            await spec.main(self, req, rsp, data[2 * HEADER_SIZE:], SdNode.decode(sender.node))
         except Exception:
             log.exception("main step of %s failed", spec.name)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..proto.constants import Flag, Op, Res, Status
 from ..proto.header import Request, Response, proto_ver_ok
+from ..proto.structs import SdNode
 from . import local_ops as L
 from . import vdi_ops as V
 from .node import Reply, vdi_op_message
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sheep.ops")
 
 Handler = Callable[["Node", Request, bytes], Awaitable[Reply]]
-Main = Callable[["Node", Request, Response, bytes, bool], Awaitable[None]]
+Main = Callable[["Node", Request, Response, bytes, SdNode], Awaitable[None]]  # sender
 
 
 class Kind(enum.Enum):
@@ -52,6 +53,7 @@ OPS: dict[int, OpSpec] = {
     Op.READ_OBJ: OpSpec("READ_OBJ", G, handler=L.gw_read),
     Op.WRITE_OBJ: OpSpec("WRITE_OBJ", G, handler=L.gw_write),
     Op.REMOVE_OBJ: OpSpec("REMOVE_OBJ", G, handler=L.gw_remove),
+    Op.DISCARD_OBJ: OpSpec("DISCARD_OBJ", LO, handler=L.discard_obj),
     Op.NEW_VDI: OpSpec("NEW_VDI", C, admin=True, handler=V.new_vdi_work, main=V.new_vdi_main),
     Op.LOCK_VDI: OpSpec("LOCK_VDI", C, handler=V.lock_vdi_work, main=V.lock_vdi_main),
     Op.RELEASE_VDI: OpSpec("RELEASE_VDI", C, main=V.release_vdi_main),
@@ -92,6 +94,8 @@ OPS: dict[int, OpSpec] = {
     Op.GET_RECOVERY: OpSpec("GET_RECOVERY", LO, force=True, handler=L.get_recovery),
     Op.SET_RECOVERY: OpSpec("SET_RECOVERY", LO, force=True, handler=L.set_recovery),
     Op.GET_VNODES: OpSpec("GET_VNODES", LO, handler=L.get_vnodes),
+    Op.DECREF_OBJ: OpSpec("DECREF_OBJ", G, handler=L.gw_decref),
+    Op.DECREF_PEER: OpSpec("DECREF_PEER", P, handler=L.peer_decref),
 }
 
 

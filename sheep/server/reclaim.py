@@ -4,18 +4,25 @@ An inode holds one reference, at generation ``g``, to each object in its index; 
 counts children that inherited it.  When an index entry changes from ``old`` to something
 else (a COW update, a discard, zeroing before delete, DEL_VDI itself), the reference is
 released: with ``(g, c) == (0, 0)`` the inode was the sole owner and the object is removed
-at once.  Other cases need the generational ledger (snapshots and clones).
+at once; otherwise a DECREF goes to every replica of the object's ledger (2^20 u32
+counters), and the object is removed when its ledger sums to zero.
+
+Unlike sheep 1.0, releases are synchronous: the index write is acknowledged only after
+the references are settled, so a crash cannot forget a decrement (upstream issue #315).
 """
 from __future__ import annotations
 
 import logging
 import struct
+from array import array
 from typing import TYPE_CHECKING
 
-from ..proto.constants import SD_INODE_HEADER_SIZE, SD_INODE_INDEX_END, Op, Res
+from ..proto.constants import SD_INODE_HEADER_SIZE, SD_INODE_INDEX_END, SD_LEDGER_OBJ_SIZE, Op, Res
+from ..proto.header import RefArgs
 from ..proto.inode import gref_offset, index_range
-from ..proto.oid import vid_to_data_oid
+from ..proto.oid import ledger_oid, vid_to_data_oid
 from . import gateway
+from .store import ObjectStore, StoreError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -36,9 +43,37 @@ async def release(node: "Node", old_vid: int, idx: int, generation: int, count: 
         if reply.result not in (Res.SUCCESS, Res.NO_OBJ):
             log.warning("failed to remove %016x: %#x", oid, reply.result)
         return
-    # Shared with snapshots or clones: the generational ledger decides (snapshot support).
-    log.info("reference to %016x at generation %d (count %d) kept: ledger reclaim not enabled",
-             oid, generation, count)
+    lid = ledger_oid(oid)
+    reply = await gateway.fanout(node, Op.DECREF_OBJ, lid,
+                                 args=RefArgs(oid=lid, generation=generation, count=count))
+    if reply.result != Res.SUCCESS:
+        log.warning("decref of %016x (generation %d, count %d) failed: %#x", oid, generation, count,
+                    reply.result)
+
+
+LEDGER_ENTRIES = SD_LEDGER_OBJ_SIZE // 4
+
+
+def apply_decref(store: ObjectStore, lid: int, generation: int, count: int) -> bool:
+    """`peer_decref_object` on one replica (blocking).  True when the ledger emptied."""
+    try:
+        raw = store.read(lid, 0, SD_LEDGER_OBJ_SIZE)
+        ledger = array("I", bytes(raw))
+    except StoreError:
+        ledger = array("I", bytes(SD_LEDGER_OBJ_SIZE))
+        ledger[0] = 1  # the creator's reference
+    if not 0 <= generation < LEDGER_ENTRIES - 1:
+        raise StoreError(Res.INVALID_PARMS, f"generation {generation} out of range")
+    ledger[generation] = (ledger[generation] - 1) & 0xFFFFFFFF
+    ledger[generation + 1] = (ledger[generation + 1] + count) & 0xFFFFFFFF
+    data = ledger.tobytes()
+    used = len(data.rstrip(b"\0"))
+    if used == 0:
+        if store.exists(lid):
+            store.remove(lid)
+        return True
+    store.create_and_write(lid, 0, data[:(used + 3) // 4 * 4], SD_LEDGER_OBJ_SIZE)
+    return False
 
 
 async def write_index(node: "Node", inode_oid: int, offset: int, data: bytes | bytearray | memoryview,

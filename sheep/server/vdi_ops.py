@@ -21,8 +21,8 @@ from ..proto.header import Request, Response, VdiArgs, VdiRsp, VdiStateArgs
 from ..proto.inode import INODE_BTREE_MAGIC, Inode, InodeHeader
 from ..proto.oid import is_vdi_obj, oid_to_vid, vid_to_vdi_oid
 from ..proto.sizes import ec_policy_to_dp
-from ..proto.structs import VdiState, pad
-from . import gateway, reclaim
+from ..proto.structs import SdNode, VdiState, pad
+from . import gateway, reclaim, vdi_family
 from .node import Reply, now_ctime, vdi_op_message
 from .vdi_table import LOCK_LOCKED, LOCK_UNLOCKED, VdiEntry
 
@@ -134,16 +134,16 @@ async def lock_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
     return reply
 
 
-async def lock_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def lock_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     if not node.flags & ClusterFlag.USE_LOCK or rsp.result != Res.SUCCESS:
         return
     entry = node.vdis.entries.get(rsp.args.vdi_id)
     if entry is not None:
         entry.lock_state = LOCK_LOCKED
-        entry.lock_owner = node.me.nid if mine else None
+        entry.lock_owner = sender.nid
 
 
-async def release_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def release_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     entry = node.vdis.entries.get(req.args.base_vdi_id)
     if entry is None or entry.lock_state == LOCK_UNLOCKED:
         if node.flags & ClusterFlag.USE_LOCK:
@@ -154,7 +154,7 @@ async def release_vdi_main(node: "Node", req: Request, rsp: Response, data: byte
 
 # ---------------------------------------------------------------------------- NEW_VDI
 
-def _effective_copies(node: "Node", a: VdiArgs) -> tuple[int, int]:
+def effective_copies(node: "Node", a: VdiArgs) -> tuple[int, int]:
     if a.copies == 0:
         copies, policy = node.nr_copies, node.copy_policy
     else:
@@ -181,17 +181,18 @@ async def new_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
         if found.result != Res.NO_VDI:
             return Reply(found.result)
         if a.base_vdi_id:
-            log.error("clone/branch of %s from %x: needs snapshot support", name, a.base_vdi_id)
-            return Reply(Res.NO_SUPPORT)
+            return await vdi_family.clone(node, name.decode("utf-8", "surrogateescape"), a.base_vdi_id,
+                                          found.free_bit, found.snapid, a)
         return await _create(node, name, a, found)
     if found.result != Res.SUCCESS:
         return Reply(found.result)
-    log.error("snapshot of %s: needs snapshot support", name)
-    return Reply(Res.NO_SUPPORT)
+    if a.base_vdi_id in (0, found.vid):
+        return await vdi_family.snapshot(node, found.vid, found.free_bit)
+    return await vdi_family.rebase(node, found.vid, a.base_vdi_id, found.free_bit, a)
 
 
 async def _create(node: "Node", name: bytes, a: VdiArgs, found: Lookup) -> Reply:
-    copies, policy = _effective_copies(node, a)
+    copies, policy = effective_copies(node, a)
     shift = a.block_size_shift or node.block_size_shift
     new_vid = found.free_bit
     hdr = InodeHeader(name=name.decode("utf-8", "surrogateescape"), tag="", create_time=now_ctime(),
@@ -219,17 +220,23 @@ async def notify_vdi_add(node: "Node", old_vid: int, new_vid: int, copies: int, 
     await node.driver.notify(vdi_op_message(req, Response(Op.NOTIFY_VDI_ADD)))
 
 
-async def notify_vdi_add_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def notify_vdi_add_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     a: VdiStateArgs = req.args
-    if a.old_vid and a.old_vid in node.vdis.entries:
-        node.vdis.entries[a.old_vid].snapshot = True
+    old = node.vdis.entries.get(a.old_vid) if a.old_vid else None
+    if old is not None:
+        old.snapshot = True
     if a.set_bitmap:
         node.vdis.inuse.set(a.new_vid)
     node.vdis.add(a.new_vid, VdiEntry(nr_copies=a.copies, copy_policy=a.copy_policy,
                                       block_size_shift=a.block_size_shift, parent_vid=a.old_vid))
+    if old is not None and old.lock_state != LOCK_UNLOCKED:
+        # the lock follows the working VDI, so the opener's RELEASE of the new vid frees it
+        new = node.vdis.entries[a.new_vid]
+        new.lock_state, new.lock_owner = old.lock_state, old.lock_owner
+        old.lock_state, old.lock_owner = LOCK_UNLOCKED, None
 
 
-async def new_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def new_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     if rsp.result == Res.SUCCESS:
         node.vdis.inuse.set(rsp.args.vdi_id)
 
@@ -261,7 +268,7 @@ async def del_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
     return Reply(Res.SUCCESS, args=VdiRsp(vdi_id=vid))
 
 
-async def del_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, mine: bool) -> None:
+async def del_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     if rsp.result != Res.SUCCESS:
         return
     vid = rsp.args.vdi_id
