@@ -10,6 +10,7 @@ exists (help, options) but reports "not implemented yet".
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from types import ModuleType
@@ -202,7 +203,6 @@ def run_safely(argv: list[str], argv0: str = PROGRAM) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass
-        err("Failed to write to stdout: Broken pipe")
         return EXIT_SYSFAIL
     except KeyboardInterrupt:
         return 130
@@ -222,6 +222,9 @@ def main() -> None:
     """Sheepdog administrator utility."""
     ctx = click.get_current_context()
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else PROGRAM
+    if sys.stdout is sys.__stdout__ and hasattr(signal, "SIGPIPE"):
+        # like the C tool: a reader that goes away (``dog vdi read ... | head``) ends dog quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ctx.exit(run_safely(ctx.meta["dog.argv"], argv0))
 
 

@@ -75,7 +75,8 @@ def nodes_diff(log: EpochLog, older: EpochLog) -> str:
     """`print_nodes_diff`: "+joined" then "-left"; the two lists are not separated (as in dog)."""
     def one(a: EpochLog, b: EpochLog, act: str) -> str:
         theirs = {(nid.addr, nid.port) for nid in _node_set(b)}
-        return ", ".join(f"{act}{nid}" for nid in _node_set(a) if (nid.addr, nid.port) not in theirs)
+        return ", ".join(f"{act}{nid}" for nid in _node_set(a)
+                         if (nid.addr, nid.port) not in theirs)
     return one(log, older, "+") + one(older, log, "-")
 
 

@@ -19,7 +19,7 @@ from sheep.client.api import Client
 from sheep.client.sync import SheepConnectionError, SheepError
 from sheep.proto.constants import (
     EPOCH_LOG_SIZE, SD_INODE_DATA_INDEX, SD_INODE_DATA_INDEX_SIZE, SD_INODE_HEADER_SIZE,
-    SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
+    SD_INODE_SIZE, SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
 )
 from sheep.proto.header import ClusterArgs, Request
 from sheep.proto.inode import INODE_BTREE_MAGIC, STORE_POLICY_HYPER, Inode
@@ -102,24 +102,23 @@ def localtime_str(t: int, fmt: str) -> str:
 
 
 def show_progress(done: int, total: int, raw: bool = False) -> None:
-    """`show_progress`: a bar drawn only when stdout is a terminal."""
+    """`show_progress`: ``" 45.0 % [====>   ] 180 MB / 400 MB"``, only on a terminal."""
     if not sys.stdout.isatty() or total <= 0:
         return
     from sheep.proto.sizes import strnumber
-    done = min(done, total)
-    ds, ts = (str(done), str(total)) if raw else (strnumber(done), strnumber(total))
-    pct = done * 100.0 / total
     width = shutil.get_terminal_size((80, 24)).columns
-    bar = max(0, width - len(f"{pct:5.1f} % [] {ds} / {ts}"))
+    bar_length = width - 30
     cells = []
-    for i in range(bar):
-        if i * total < done * bar:
+    for i in range(max(0, bar_length)):
+        if total * (i + 1) // bar_length <= done:
             cells.append("=")
-        elif cells and cells[-1] == "=":
+        elif total * i // bar_length <= done < total * (i + 1) // bar_length:
             cells.append(">")
         else:
             cells.append(" ")
-    out(f"\r{pct:5.1f} % [{''.join(cells)}] {ds} / {ts}")
+    line = (f"{done / total * 100:5.1f} % [{''.join(cells)}] "
+            f"{strnumber(done, raw)} / {strnumber(total, raw)}")
+    out("\r" + line[:width].ljust(width))
     if done == total:
         out("\n")
     sys.stdout.flush()
@@ -130,10 +129,10 @@ def confirm(message: str) -> None:
     out(message)
     sys.stdout.flush()
     try:
-        line = sys.stdin.readline() if sys.stdin is not None else ""
+        line = sys.stdin.readline(7) if sys.stdin is not None else ""  # fgets(input, 8, stdin)
     except (OSError, ValueError):
         line = ""
-    if not line[:7].lower().startswith("yes"):  # fgets(input, 8, stdin)
+    if not line.lower().startswith("yes"):
         raise DogExit(EXIT_SUCCESS)
 
 
@@ -309,6 +308,35 @@ def find_vdi(ctx: Context, name: str, snapid: int = 0, tag: str = "") -> tuple[i
     return Res.SUCCESS, rsp.vdi_id
 
 
+def dog_read_object(ctx: Context, oid: int, length: int, offset: int = 0,
+                    direct: bool = True) -> bytes | bytearray | memoryview | None:
+    """`dog_read_object`: None after "Failed to read object ..." (dog's own message)."""
+    try:
+        return ctx.client().read_object(oid, offset, length,
+                                        flags=Flag.CMD_DIRECT if direct else 0)
+    except SheepConnectionError as e:
+        report_conn_error(e)
+        err(f"Failed to read object {oid:x}")
+    except SheepError as e:
+        err(f"Failed to read object {oid:x} {e}")
+    return None
+
+
+def dog_write_object(ctx: Context, req: Request, data: bytes | None) -> bool:
+    """`dog_write_object` for a prepared request: False after "Failed to write object ..."."""
+    oid = req.args.oid
+    try:
+        ctx.client().checked(req, data)
+    except SheepConnectionError as e:
+        report_conn_error(e)
+        err(f"Failed to write object {oid:x}")
+        return False
+    except SheepError as e:
+        err(f"Failed to write object {oid:x}: {e}")
+        return False
+    return True
+
+
 def read_vdi_obj(ctx: Context, name: str, snapid: int = 0, tag: str = "", *,
                  header_only: bool = False) -> tuple[int, Inode] | None:
     """`read_vdi_obj`: resolve and read the inode (DIRECT); None after the error message."""
@@ -316,11 +344,9 @@ def read_vdi_obj(ctx: Context, name: str, snapid: int = 0, tag: str = "", *,
     if result != Res.SUCCESS:
         err(describe_open_failure(name, snapid, tag, result))
         return None
-    try:
-        inode = ctx.client().read_inode(vid, header_only=header_only)
-    except (SheepError, SheepConnectionError) as e:
-        if isinstance(e, SheepConnectionError):
-            report_conn_error(e)
+    data = dog_read_object(ctx, vid_to_vdi_oid(vid),
+                           SD_INODE_HEADER_SIZE if header_only else SD_INODE_SIZE)
+    if data is None:
         if snapid:
             err(f"Failed to read a snapshot {name}:{snapid}")
         elif tag:
@@ -328,7 +354,7 @@ def read_vdi_obj(ctx: Context, name: str, snapid: int = 0, tag: str = "", *,
         else:
             err(f"Failed to read a vdi {name}")
         return None
-    return vid, inode
+    return vid, Inode.decode(data)
 
 
 def _set_bits(bitmap: bytes | bytearray | memoryview) -> Iterator[int]:
@@ -340,11 +366,14 @@ def _set_bits(bitmap: bytes | bytearray | memoryview) -> Iterator[int]:
                 yield base + bit
 
 
-def read_inode_for_scan(cl: Client, vid: int, with_index: bool) -> Inode:
+def read_inode_for_scan(ctx: Context, vid: int, with_index: bool) -> Inode | None:
     """The header, plus (``with_index``) only the used part of the index, as `parse_vdi`
-    reads it (`sd_inode_get_meta_size`)."""
+    reads it (`sd_inode_get_meta_size`); None after dog's messages."""
     oid = vid_to_vdi_oid(vid)
-    head = cl.read_object(oid, 0, SD_INODE_HEADER_SIZE, flags=Flag.CMD_DIRECT)
+    head = dog_read_object(ctx, oid, SD_INODE_HEADER_SIZE)
+    if head is None:
+        err("Failed to read inode header")
+        return None
     if not with_index:
         return Inode.decode(head)
     hdr = Inode.decode(head).header
@@ -352,8 +381,10 @@ def read_inode_for_scan(cl: Client, vid: int, with_index: bool) -> Inode:
         length = SD_INODE_DATA_INDEX_SIZE
     else:
         length = min(hdr.count_data_objs * 4, SD_INODE_DATA_INDEX_SIZE)
-    body = cl.read_object(oid, SD_INODE_HEADER_SIZE, length, flags=Flag.CMD_DIRECT) \
-        if length else b""
+    body = dog_read_object(ctx, oid, length, SD_INODE_HEADER_SIZE) if length else b""
+    if body is None:
+        err("Failed to read inode")
+        return None
     return Inode.decode(bytes(head[:SD_INODE_HEADER_SIZE]) + bytes(body))
 
 
@@ -375,12 +406,8 @@ def parse_vdi(ctx: Context, with_index: bool, no_deleted: bool = True
     for vid in _set_bits(inuse):
         if no_deleted and dele[vid >> 3] >> (vid & 7) & 1:
             continue
-        try:
-            inode = read_inode_for_scan(cl, vid, with_index)
-        except SheepError:
-            err("Failed to read inode header")
-            continue
-        if not inode.header.name:
+        inode = read_inode_for_scan(ctx, vid, with_index)
+        if inode is None or not inode.header.name:
             continue
         yield vid, inode
 

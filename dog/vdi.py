@@ -17,14 +17,16 @@ from sheep.proto.constants import (
     SD_MAX_VDI_TAG_LEN, Res,
 )
 from sheep.proto.inode import STORE_POLICY_HYPER, Inode, InodeHeader, index_offset
-from sheep.proto.oid import data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid
+from sheep.proto.oid import (
+    data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid,
+)
 from sheep.proto.sizes import ec_policy_to_dp, format_copies, strnumber
 
 from .common import (
     EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit, c_name, c_strtol,
-    cpad, describe_open_failure, err, find_vdi, index_entries, index_get, localtime_str, out,
-    parse_copies_opt, parse_shift_opt, parse_size_arg, parse_snapshot_opt, parse_vdi,
-    report_conn_error, show_progress,
+    cpad, describe_open_failure, dog_read_object, dog_write_object, err, find_vdi,
+    index_entries, index_get, localtime_str, out, parse_copies_opt, parse_shift_opt,
+    parse_size_arg, parse_snapshot_opt, parse_vdi, report_conn_error, show_progress,
 )
 from .vdi_io import vdi_read, vdi_write
 from .vdi_object import vdi_object
@@ -293,13 +295,22 @@ def vdi_create(ctx: Context, args: list[str]) -> int:
     return EXIT_SUCCESS
 
 
+def _all_ok(cl: Client, items: list) -> bool:
+    """Pipelined object writes; the first failure is reported as dog_write_object does."""
+    for (req, _), (rsp, _) in zip(items, cl.conn.call_many(items)):
+        if rsp.result != Res.SUCCESS:
+            err(f"Failed to write object {req.args.oid:x}: {SheepError(rsp.result)}")
+            return False
+    return True
+
+
 def _preallocate(ctx: Context, cl: Client, vid: int, size: int) -> int:
     """-P: an all-zero object (data_length 0) per index, each followed by its index update."""
-    try:
-        inode = cl.read_inode(vid)
-    except SheepError:
+    data = dog_read_object(ctx, vid_to_vdi_oid(vid), SD_INODE_SIZE)
+    if data is None:
         err("Failed to read a newly created VDI object")
         return EXIT_FAILURE
+    inode = Inode.decode(data)
     h = inode.header
     object_size = h.object_size
     max_idx = -(-size // object_size)
@@ -310,11 +321,11 @@ def _preallocate(ctx: Context, cl: Client, vid: int, size: int) -> int:
         show_progress(base * object_size, h.vdi_size)
         creates = [(_obj_req(Op.CREATE_AND_WRITE_OBJ, vid_to_data_oid(vid, i), 0, 0, h,
                              Flag.CMD_DIRECT), None) for i in idxs]
-        if any(rsp.result != Res.SUCCESS for rsp, _ in cl.conn.call_many(creates)):
+        if not _all_ok(cl, creates):
             return EXIT_FAILURE
         updates = [(_obj_req(Op.WRITE_OBJ, inode_oid, 4, index_offset(i), h, Flag.CMD_DIRECT),
                     vid_bytes) for i in idxs]
-        if any(rsp.result != Res.SUCCESS for rsp, _ in cl.conn.call_many(updates)):
+        if not _all_ok(cl, updates):
             return EXIT_FAILURE
         for i in idxs:
             inode.set_vid(i, vid)
@@ -348,11 +359,11 @@ def do_vdi_delete(ctx: Context, name: str, snapid: int, tag: str) -> int:
         return _missing_or_failure(result)
     cl = ctx.client()
     inode_oid = vid_to_vdi_oid(vid)
-    try:
-        inode = Inode.decode(cl.read_object(inode_oid, 0, SD_INODE_SIZE))
-    except SheepError:
+    data = dog_read_object(ctx, inode_oid, SD_INODE_SIZE, direct=False)
+    if data is None:
         err(f"failed to read inode object: {inode_oid:016x}")
         return EXIT_FAILURE
+    inode = Inode.decode(data)
     h = inode.header
     # Hyper volumes keep a B-tree in the index area; the server releases their objects on
     # DEL_VDI, so only flat indexes are zeroed here.
@@ -368,9 +379,7 @@ def do_vdi_delete(ctx: Context, name: str, snapid: int, tag: str) -> int:
                 inode.set_vid(i, 0)
             req = _obj_req(Op.WRITE_OBJ, inode_oid, 4 * (stop - start), index_offset(start), h,
                            Flag.CMD_DIRECT)
-            try:
-                cl.checked(req, inode.index_bytes(start, stop))
-            except SheepError:
+            if not dog_write_object(ctx, req, inode.index_bytes(start, stop)):
                 err(f"failed to update inode for discarding objects: {inode_oid:016x}")
                 return EXIT_FAILURE
             if o.reclamation_interval and k + batch < len(used):

@@ -1,4 +1,4 @@
-"""`dog vdi read` and `dog vdi write` (dog/vdi.c; dog.md §4.13): byte ranges over sheep.client.volume."""
+"""`dog vdi read` and `dog vdi write` (dog/vdi.c; dog.md §4.13) over sheep.client.volume."""
 from __future__ import annotations
 
 import sys

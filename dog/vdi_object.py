@@ -104,7 +104,8 @@ def dump_inode_text(inode: Inode) -> str:
              f"vdi_size: {h.vdi_size}", f"vm_state_size: {h.vm_state_size}",
              f"copy_policy: {h.copy_policy}", f"store_policy: {h.store_policy}",
              f"nr_copies: {h.nr_copies}", f"block_size_shift: {h.block_size_shift}",
-             f"snap_id: {h.snap_id}", f"vdi_id: {h.vdi_id:x}", f"parent_vdi_id: {h.parent_vdi_id:x}",
+             f"snap_id: {h.snap_id}", f"vdi_id: {h.vdi_id:x}",
+             f"parent_vdi_id: {h.parent_vdi_id:x}",
              f"btree_counter: {h.btree_counter}", "data_vdi_id:"]
     used = list(inode.used_indexes())
     lines += [f"{i}: {inode.get_vid(i):x}" for i in used]

@@ -16,6 +16,7 @@ from ..proto.constants import Flag, Op, Res, Status
 from ..proto.header import Request, Response, proto_ver_ok
 from ..proto.structs import SdNode
 from . import local_ops as L
+from . import vdi_attr as A
 from . import vdi_ops as V
 from .node import Reply, vdi_op_message
 
@@ -65,6 +66,7 @@ OPS: dict[int, OpSpec] = {
     Op.GET_NODE_LIST: OpSpec("GET_NODE_LIST", LO, force=True, handler=L.get_node_list),
     Op.MAKE_FS: OpSpec("MAKE_FS", C, force=True, admin=True, handler=L.make_fs_work, main=L.make_fs_main),
     Op.SHUTDOWN: OpSpec("SHUTDOWN", C, force=True, admin=True, main=L.shutdown_main),
+    Op.GET_VDI_ATTR: OpSpec("GET_VDI_ATTR", C, handler=A.get_vdi_attr_work),
     Op.STAT_SHEEP: OpSpec("STAT_SHEEP", LO, handler=L.stat_sheep),
     Op.STAT_CLUSTER: OpSpec("STAT_CLUSTER", LO, force=True, handler=L.stat_cluster, data_on_error=True),
     Op.GET_STORE_LIST: OpSpec("GET_STORE_LIST", LO, force=True, handler=L.get_store_list),

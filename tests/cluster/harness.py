@@ -115,12 +115,20 @@ class Cluster:
     def client(self, i: int = 0) -> Client:
         return Client("127.0.0.1", self.nodes[i].port)
 
-    def wait_members(self, n: int, via: int = 0, timeout: float = 10) -> None:
+    def alive(self) -> list[Sheep]:
+        return [s for s in self.nodes if s.proc is not None and s.proc.poll() is None]
+
+    def wait_members(self, n: int, timeout: float = 10) -> None:
+        """Until every live node sees ``n`` members at the same epoch."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self.client(via) as c:
-                if len(c.get_node_list()) == n:
-                    return
+            views = []
+            for s in self.alive():
+                with Client("127.0.0.1", s.port) as c:
+                    ci = c.cluster_info()
+                    views.append((len(ci.nodes), ci.epoch))
+            if views and all(v == (n, views[0][1]) for v in views):
+                return
             time.sleep(0.05)
         raise TimeoutError(f"cluster did not reach {n} members")
 

@@ -1,0 +1,286 @@
+"""vdi/node/cluster commands against an in-memory sheep at the Connection level.
+
+The real api.Client runs on top of ``FakeConn``, which answers the raw requests dog sends and
+records them, so these tests check the wire behaviour (opcodes, flags, offsets, lengths) of
+dog's flows (dog.md §4, objects.md §6.6) without a daemon.  End-to-end behaviour against the
+real sheep is covered by the cluster tests.
+"""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+import dog.common
+from dog.cli import main
+from sheep.client.api import Client
+from sheep.client.sync import Connection
+from sheep.proto.constants import (
+    SD_INODE_HEADER_SIZE, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE, ClusterFlag, Flag, Op, Res,
+)
+from sheep.proto.header import NodeRsp, Request, Response, VdiRsp
+from sheep.proto.inode import Inode, InodeHeader, index_offset
+from sheep.proto.oid import is_vdi_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid
+from sheep.proto.structs import ClusterInfo, EpochLog, NodeId, SdNode, cstr, encode_nodes
+
+NODES = [SdNode(NodeId.from_host("127.0.0.1", 7000 + i), 128, i, 80 << 30) for i in range(3)]
+
+
+class FakeConn(Connection):
+    """Just enough of a sheep for dog's VDI flows; ``log`` keeps every request."""
+
+    def __init__(self) -> None:  # no socket: Connection.__init__ is deliberately not called
+        self.objects: dict[int, bytearray] = {}
+        self.vdis: dict[int, str] = {}  # vid -> name of live VDIs
+        self.deleted: set[int] = set()
+        self.next_vid = 0x15D167
+        self.log: list[tuple[Request, bytes]] = []
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def call(self, req: Request, payload=None, *, into=None):
+        self.log.append((req, bytes(payload or b"")))
+        result, data, args = self._handle(req, bytes(payload or b""))
+        rsp = Response(req.opcode, result, len(data), req.id, 1, args)
+        if into is not None:
+            view = memoryview(into).cast("B")
+            view[:len(data)] = data
+            return rsp, view[:len(data)]
+        return rsp, bytearray(data)
+
+    def iter_many(self, items, *, window=16):
+        for req, payload, into in items:
+            yield self.call(req, payload, into=into)
+
+    def call_many(self, items, *, window=16):
+        return [self.call(r, p) for r, p in items]
+
+    def _vid_of(self, name: str) -> int | None:
+        return next((v for v, n in self.vdis.items() if n == name and v not in self.deleted), None)
+
+    def _handle(self, req: Request, payload: bytes):
+        a = req.args
+        op = req.opcode
+        if op == Op.GET_NODE_LIST:
+            return Res.SUCCESS, encode_nodes(NODES), NodeRsp(nr_nodes=3)
+        if op == Op.STAT_CLUSTER:
+            log = EpochLog(ctime=1 << 32, time=1, epoch=1, nr_copies=3,
+                           flags=ClusterFlag.AUTO_VNODES, drv_name="plain", nodes=NODES)
+            if a.nodes_nr < len(NODES):  # dog's 48-byte probe, or a too small buffer
+                if req.data_length > EpochLog.HEADER_SIZE:
+                    return Res.BUFFER_SMALL, b"", None
+                return Res.SUCCESS, log.encode(len(NODES))[:EpochLog.HEADER_SIZE], None
+            return Res.SUCCESS, log.encode(a.nodes_nr)[:req.data_length], None
+        if op == Op.CLUSTER_INFO:
+            info = ClusterInfo(epoch=1, ctime=1 << 32, flags=ClusterFlag.AUTO_VNODES,
+                               nr_copies=3, status=1, block_size_shift=22,
+                               default_store="plain", nodes=NODES)
+            return Res.SUCCESS, info.encode(), None
+        if op in (Op.READ_VDIS, Op.READ_DEL_VDIS):
+            bm = bytearray(VDI_BITMAP_SIZE)
+            for v in (self.vdis if op == Op.READ_VDIS else self.deleted):
+                bm[v >> 3] |= 1 << (v & 7)
+            return Res.SUCCESS, bm, None
+        if op == Op.NEW_VDI:
+            name = cstr(payload[:SD_MAX_VDI_LEN])
+            if self._vid_of(name) is not None:
+                return Res.VDI_EXIST, b"", None
+            vid, self.next_vid = self.next_vid, self.next_vid + 1
+            h = InodeHeader(name=name, create_time=1 << 32, vdi_size=a.vdi_size,
+                            copy_policy=a.copy_policy, store_policy=a.store_policy,
+                            nr_copies=a.copies or 3, block_size_shift=a.block_size_shift or 22,
+                            snap_id=1, vdi_id=vid)
+            self.objects[vid_to_vdi_oid(vid)] = bytearray(Inode(h).encode())
+            self.vdis[vid] = name
+            return Res.SUCCESS, b"", VdiRsp(vdi_id=vid)
+        if op in (Op.GET_VDI_INFO, Op.DEL_VDI):
+            vid = self._vid_of(cstr(payload[:SD_MAX_VDI_LEN]))
+            if vid is None:
+                return Res.NO_VDI, b"", None
+            if op == Op.DEL_VDI:
+                self.deleted.add(vid)
+            return Res.SUCCESS, b"", VdiRsp(vdi_id=vid)
+        if op == Op.EXIST:
+            return (Res.SUCCESS if a.oid in self.objects else Res.NO_OBJ), b"", None
+        if op == Op.READ_OBJ:
+            obj = self.objects.get(a.oid)
+            if obj is None:
+                return Res.NO_OBJ, b"", None
+            return Res.SUCCESS, bytes(obj[a.offset:a.offset + req.data_length]), None
+        if op == Op.CREATE_AND_WRITE_OBJ:
+            base = self.objects.get(a.cow_oid, bytearray(4 << 20)) if a.cow_oid else None
+            self.objects[a.oid] = bytearray(base) if base is not None else bytearray(4 << 20)
+        if op in (Op.WRITE_OBJ, Op.CREATE_AND_WRITE_OBJ):
+            obj = self.objects.get(a.oid)
+            if obj is None:
+                return Res.NO_OBJ, b"", None
+            obj[a.offset:a.offset + len(payload)] = payload
+            return Res.SUCCESS, b"", None
+        return Res.INVALID_PARMS, b"", None
+
+    def inode(self, vid: int) -> Inode:
+        return Inode.decode(self.objects[vid_to_vdi_oid(vid)])
+
+    def ops(self, opcode: int) -> list[tuple[Request, bytes]]:
+        return [(r, p) for r, p in self.log if r.opcode == opcode]
+
+
+@pytest.fixture
+def sheep(monkeypatch) -> FakeConn:
+    conn = FakeConn()
+    monkeypatch.setattr(dog.common, "Client", lambda host, port: Client(conn))
+    return conn
+
+
+def dog_(*args: str, input: bytes | None = None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def test_create_sends_new_vdi_with_options(sheep):
+    r = dog_("vdi", "create", "-c", "4:2", "-z", "23", "-v", "Alice", "1G")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "VDI ID of newly created VDI: 15d167\n"
+    (req, payload), = sheep.ops(Op.NEW_VDI)
+    assert payload.rstrip(b"\0") == b"Alice" and len(payload) == 256
+    a = req.args
+    assert (a.vdi_size, a.copies, a.copy_policy, a.block_size_shift, a.snapid, a.base_vdi_id) == \
+        (1 << 30, 6, 0x22, 23, 0, 0)
+    assert not sheep.ops(Op.CLUSTER_INFO)  # -z given: no need to learn the default shift
+    assert dog_("vdi", "create", "-v", "-r", "Bob", "1M").stdout == "15d168\n"
+    assert len(sheep.ops(Op.CLUSTER_INFO)) == 1
+
+
+def test_create_errors(sheep):
+    dog_("vdi", "create", "Alice", "1G")
+    r = dog_("vdi", "create", "Alice", "1G")
+    assert r.exit_code == 1 and r.stderr == "Failed to create VDI Alice: VDI exists already\n"
+    r = dog_("vdi", "create", "Alice")
+    assert r.exit_code == 64 and r.stderr == "Please specify the VDI size\n"
+    assert r.stdout.startswith("Usage: dog vdi create")
+    r = dog_("vdi", "create", "Big", "17P", "-y")
+    assert r.exit_code == 64 and r.stderr == "VDI size is too large\n"
+
+
+def test_create_prealloc(sheep):
+    r = dog_("vdi", "create", "-P", "Pre", "10M")
+    assert r.exit_code == 0, r.stderr
+    vid = 0x15D167
+    creates = sheep.ops(Op.CREATE_AND_WRITE_OBJ)
+    assert [c[0].args.oid for c in creates] == [vid_to_data_oid(vid, i) for i in range(3)]
+    assert all(c[0].data_length == 0 and c[0].flags & Flag.CMD_DIRECT for c in creates)
+    updates = [(r_.args.offset, p) for r_, p in sheep.ops(Op.WRITE_OBJ)]
+    assert updates == [(index_offset(i), struct.pack("<I", vid)) for i in range(3)]
+    assert list(sheep.inode(vid).used_indexes()) == [0, 1, 2]
+
+
+def test_write_read_and_list(sheep):
+    dog_("vdi", "create", "Alice", "1G")
+    r = dog_("vdi", "write", "Alice", "4M", "14", input=b"hello sheepdog and more")
+    assert r.exit_code == 0, r.stderr
+    r = dog_("vdi", "read", "Alice", "4M", "16")
+    assert r.exit_code == 0 and r.stdout_bytes == b"hello sheepdog\0\0"
+    r = dog_("vdi", "read", "Alice", "2G")
+    assert r.exit_code == 1 and r.stderr == "Read offset is beyond the end of the VDI\n"
+    r = dog_("vdi", "list", "-r")
+    assert r.stdout == "= Alice 0 1073741824 4194304 0 1 15d167 3  22\n"
+    r = dog_("vdi", "list", "nosuch")
+    assert r.exit_code == 0 and r.stdout.count("\n") == 1  # the header only
+    r = dog_("vdi", "list", "-o", f"{vid_to_data_oid(0x15D167, 1):x}")
+    assert r.stdout.count("\n") == 2
+    r = dog_("vdi", "list", "-o", f"{vid_to_data_oid(0x15D167, 2):x}")
+    assert r.stdout.count("\n") == 1
+
+
+def test_write_short_stdin_pads_the_chunk(sheep):
+    dog_("vdi", "create", "Alice", "12M")
+    r = dog_("vdi", "write", "Alice", input=b"x" * (4 << 20))  # EOF exactly on a boundary
+    assert r.exit_code == 0, r.stderr
+    assert list(sheep.inode(0x15D167).used_indexes()) == [0, 1]  # plus one zero chunk, like dog
+    data = sheep.objects[vid_to_data_oid(0x15D167, 1)]
+    assert data == bytearray(4 << 20)
+
+
+def test_delete_zeroes_index_in_batches_then_del_vdi(sheep):
+    dog_("vdi", "create", "-P", "Pre", "40M")  # 10 objects
+    sheep.log.clear()
+    r = dog_("vdi", "delete", "-B", "4", "Pre")
+    assert r.exit_code == 0, r.stderr
+    writes = sheep.ops(Op.WRITE_OBJ)
+    assert [(w.args.offset, w.data_length) for w, _ in writes] == \
+        [(index_offset(0), 16), (index_offset(4), 16), (index_offset(8), 8)]
+    assert all(p == bytes(len(p)) for _, p in writes)
+    read, = sheep.ops(Op.READ_OBJ)
+    assert read[0].data_length == 12587576 and not read[0].flags & Flag.CMD_DIRECT
+    assert len(sheep.ops(Op.DEL_VDI)) == 1
+    assert dog_("vdi", "list", "-r").stdout == ""
+
+
+def test_delete_max_reclaim_skips_del_vdi(sheep):
+    dog_("vdi", "create", "-P", "Pre", "40M")
+    sheep.log.clear()
+    r = dog_("vdi", "delete", "-m", "3", "Pre")
+    assert r.exit_code == 0
+    assert [(w.args.offset, w.data_length) for w, _ in sheep.ops(Op.WRITE_OBJ)] == \
+        [(index_offset(0), 12)]
+    assert not sheep.ops(Op.DEL_VDI)
+    assert list(sheep.inode(0x15D167).used_indexes()) == list(range(3, 10))
+
+
+def test_delete_missing_vdi_exits_5(sheep):
+    r = dog_("vdi", "delete", "nosuch")
+    assert r.exit_code == 5
+    assert r.stderr == "Failed to open VDI nosuch (snapshot id: 0 snapshot tag: ): No VDI found\n"
+
+
+def test_object_map_and_location(sheep):
+    dog_("vdi", "create", "-P", "Pre", "8M")
+    r = dog_("vdi", "object", "map", "Pre")
+    assert r.stdout == "Index       VID\n00000000   15d167\n00000001   15d167\n"
+    r = dog_("vdi", "object", "map", "-i", "5", "Pre")
+    assert r.stdout == "Index       VID\n00000005        0\n"
+    r = dog_("vdi", "object", "location", "-i", "0x1", "Pre")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Looking for the object 0015d16700000001 (vid 0x15d167 idx 1, 3 copies) " \
+                       "with 3 nodes"
+    assert lines[2:5] == [f"127.0.0.1:{7000 + i} has the object" for i in range(3)]
+    assert lines[6] == "According to sheepdog algorithm, the object should be located at:"
+    assert sorted(lines[7].split()) == [f"127.0.0.1:{7000 + i}" for i in range(3)]
+    exists = sheep.ops(Op.EXIST)
+    assert all(req.epoch == 1 for req, _ in exists)
+    r = dog_("vdi", "object", "location", "-i", "7", "Pre")
+    assert r.stdout == "The inode object 0x15d167 idx 7 is not allocated\n"
+    r = dog_("vdi", "object", "location", "nosuch")
+    assert r.exit_code == 1
+    assert r.stderr.endswith("No VDI found\nFATAL: no inode objects\n")
+
+
+def test_node_and_cluster_listings(sheep):
+    r = dog_("node", "list", "-r")
+    assert r.stdout == "".join(f"{i} 127.0.0.1:{7000 + i} 128 {i}\n" for i in range(3))
+    r = dog_("cluster", "info", "-r")
+    assert r.stdout == ("running, auto-recovery enabled\n\n1 1 [127.0.0.1:7000:128, "
+                        "127.0.0.1:7001:128, 127.0.0.1:7002:128]\n")
+    import json
+    doc = json.loads(dog_("cluster", "info", "--format=json").stdout)
+    assert doc["status"] == "running" and doc["epochs"][0]["epoch"] == 1
+    nodes = json.loads(dog_("node", "list", "--format", "json").stdout)
+    assert [n["address"] for n in nodes] == [f"127.0.0.1:{7000 + i}" for i in range(3)]
+
+
+def test_inode_reads_are_direct_and_header_sized_for_scans(sheep):
+    dog_("vdi", "create", "Alice", "8M")
+    sheep.log.clear()
+    dog_("vdi", "list")
+    reads = [(r.args.oid, r.args.offset, r.data_length) for r, _ in sheep.ops(Op.READ_OBJ)]
+    oid = vid_to_vdi_oid(0x15D167)
+    assert reads == [(oid, 0, SD_INODE_HEADER_SIZE), (oid, SD_INODE_HEADER_SIZE, 8)]
+    assert all(r.flags & Flag.CMD_DIRECT for r, _ in sheep.ops(Op.READ_OBJ))
+    assert all(is_vdi_obj(r.args.oid) and oid_to_vid(r.args.oid) == 0x15D167
+               for r, _ in sheep.ops(Op.READ_OBJ))
