@@ -164,6 +164,10 @@ class Flag(enum.IntFlag):
 
 
 FLAG_CMD_CREAT = 0x0100  # GET_VDI_ATTR meaning of the WILDCARD bit
+# Extension (not in sheep 1.0): LOCK_VDI with this bit ties the lock to the requesting
+# connection, which releases it when it closes (a client that dies loses its lock).
+# Clients of the original never set it and keep the original's node-owned locks.
+FLAG_CMD_CONN_LOCK = 0x0800
 
 
 class ClusterFlag(enum.IntFlag):

@@ -14,8 +14,8 @@ import socket as pysocket
 
 import trio
 
-from ..proto.constants import Flag, Res, Status
-from ..proto.header import HEADER_SIZE, Request, Response
+from ..proto.constants import FLAG_CMD_CONN_LOCK, Flag, Op, Res, Status
+from ..proto.header import HEADER_SIZE, Request, Response, VdiArgs
 from .node import Node, Reply
 from .ops import OPS, dispatch
 
@@ -68,6 +68,7 @@ class Connection:
         self.peer = peer
         self.send_lock = trio.Lock()
         self.slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self.locks: set[int] = set()  # vids locked with FLAG_CMD_CONN_LOCK over this connection
 
     async def serve(self) -> None:
         try:
@@ -91,10 +92,26 @@ class Connection:
                     nursery.start_soon(self._handle, req, payload)
         finally:
             self.sock.close()
+            await self._release_locks()
+
+    async def _release_locks(self) -> None:
+        """The client is gone: its connection-bound locks go with it."""
+        for vid in sorted(self.locks):
+            log.info("%s closed: releasing its lock on %x", self.peer, vid)
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await dispatch(self.node, Request(Op.RELEASE_VDI, args=VdiArgs(base_vdi_id=vid)), b"")
+        self.locks.clear()
+
+    def _track_lock(self, req: Request, reply: Reply) -> None:
+        if req.opcode == Op.LOCK_VDI and req.flags & FLAG_CMD_CONN_LOCK and reply.result == Res.SUCCESS:
+            self.locks.add(reply.args.vdi_id)
+        elif req.opcode == Op.RELEASE_VDI:
+            self.locks.discard(req.args.base_vdi_id)
 
     async def _handle(self, req: Request, payload: bytearray) -> None:
         try:
             reply = await dispatch(self.node, req, memoryview(payload))
+            self._track_lock(req, reply)
             rsp, data = build_response(self.node, req, reply)
             async with self.send_lock:
                 try:

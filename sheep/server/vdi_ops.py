@@ -129,6 +129,8 @@ async def lock_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
         return reply
     vid = reply.args.vdi_id
     entry = node.vdis.entries.get(vid)
+    if entry is not None and entry.snapshot:
+        return reply  # snapshots are immutable: readers never exclude each other
     if req.args.type == LOCK_TYPE_NORMAL and entry is not None and entry.lock_state != LOCK_UNLOCKED:
         return Reply(Res.VDI_LOCKED)
     return reply
@@ -138,7 +140,7 @@ async def lock_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, 
     if not node.flags & ClusterFlag.USE_LOCK or rsp.result != Res.SUCCESS:
         return
     entry = node.vdis.entries.get(rsp.args.vdi_id)
-    if entry is not None:
+    if entry is not None and not entry.snapshot:
         entry.lock_state = LOCK_LOCKED
         entry.lock_owner = sender.nid
 

@@ -36,6 +36,7 @@ class FakeConn(Connection):
         self.deleted: set[int] = set()
         self.next_vid = 0x15D167
         self.log: list[tuple[Request, bytes]] = []
+        self.opened: list[tuple[str, int]] = []  # (host, port) of every Client dog created
 
     @property
     def closed(self) -> bool:
@@ -106,6 +107,16 @@ class FakeConn(Connection):
             if op == Op.DEL_VDI:
                 self.deleted.add(vid)
             return Res.SUCCESS, b"", VdiRsp(vdi_id=vid)
+        if op == Op.MAKE_FS:
+            store = payload.rstrip(b"\0")
+            return (Res.SUCCESS if store in (b"plain", b"tree") else Res.NO_STORE), b"", None
+        if op == Op.GET_STORE_LIST:
+            return Res.SUCCESS, b"plain tree ", None
+        if op == Op.STAT_SHEEP:
+            return Res.SUCCESS, b"", NodeRsp(store_size=int(78.7 * (1 << 30)),
+                                             store_free=int(78.7 * (1 << 30)) - (24 << 20))
+        if op in (Op.SHUTDOWN, Op.KILL_NODE):
+            return Res.SUCCESS, b"", None
         if op == Op.EXIST:
             return (Res.SUCCESS if a.oid in self.objects else Res.NO_OBJ), b"", None
         if op == Op.READ_OBJ:
@@ -134,7 +145,12 @@ class FakeConn(Connection):
 @pytest.fixture
 def sheep(monkeypatch) -> FakeConn:
     conn = FakeConn()
-    monkeypatch.setattr(dog.common, "Client", lambda host, port: Client(conn))
+
+    def connect(host: str, port: int) -> Client:
+        conn.opened.append((host, port))
+        return Client(conn)
+
+    monkeypatch.setattr(dog.common, "Client", connect)
     return conn
 
 
@@ -284,3 +300,66 @@ def test_inode_reads_are_direct_and_header_sized_for_scans(sheep):
     assert all(r.flags & Flag.CMD_DIRECT for r, _ in sheep.ops(Op.READ_OBJ))
     assert all(is_vdi_obj(r.args.oid) and oid_to_vid(r.args.oid) == 0x15D167
                for r, _ in sheep.ops(Op.READ_OBJ))
+
+
+CAUTION = ("    __\n   ()'`;\n   /\\|`\n  /  |   Caution! The cluster is not empty.\n"
+           "(/_)_|_  Are you sure you want to continue? [yes/no]: ")
+
+
+def test_cluster_format_flags(sheep):
+    r = dog_("cluster", "format", "-c", "2:1", "-z", "23", "-t", "-l", "-R", "-F", "-b", "tree")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "using backend tree store\n"
+    (req, payload), = sheep.ops(Op.MAKE_FS)
+    a = req.args
+    assert payload == b"tree\0" and req.flags & Flag.CMD_WRITE
+    assert (a.copies, a.copy_policy, a.block_size_shift) == (3, 0x11, 23)
+    assert a.flags == (ClusterFlag.STRICT | ClusterFlag.USE_LOCK | ClusterFlag.RECYCLE_VID
+                       | ClusterFlag.AUTO_VNODES | ClusterFlag.AVOID_DISKFULL)
+    assert a.ctime >> 32 > 1_600_000_000 and (a.ctime & 0xFFFFFFFF) % 1000 == 0
+    assert len(sheep.ops(Op.CLUSTER_INFO)) == 3  # the vnode strategy of every node
+
+
+def test_cluster_format_prompts(sheep):
+    dog_("vdi", "create", "A", "1M")
+    for answer in (None, "no\n", "nyes\n"):
+        r = dog_("cluster", "format", input=answer)
+        assert r.exit_code == 0 and r.stdout == CAUTION
+    assert not sheep.ops(Op.MAKE_FS)
+    r = dog_("cluster", "format", input="YES\n")
+    assert r.stdout == CAUTION + "using backend plain store\n"
+    r = dog_("cluster", "format", "-f")
+    assert r.stdout == "using backend plain store\n"
+    r = dog_("cluster", "format", "-c", "5", "-f", input="yes\n")
+    assert r.stdout == ("Number of copies (5) is larger than number of zones (3).\n"
+                        "Are you sure you want to continue? [yes/no]: using backend plain store\n")
+    r = dog_("cluster", "format", "-c", "5", "-f", input="yes!!!!no\n")  # fgets reads 7 bytes
+    assert r.stdout.endswith("using backend plain store\n")
+    assert len(sheep.ops(Op.MAKE_FS)) == 4
+
+
+def test_cluster_format_unknown_store(sheep):
+    r = dog_("cluster", "format", "-b", "nosuch")
+    assert r.exit_code == 2
+    assert r.stdout == ("using backend nosuch store\nAvailable stores:\n" + "-" * 39
+                        + "\nplain tree \n")
+    assert r.stderr == "Format failed: Targeted backend store is not found\n"
+
+
+def test_node_info(sheep):
+    dog_("vdi", "create", "A", "2G")
+    r = dog_("node", "info")
+    assert r.exit_code == 0
+    assert r.stdout == ("Id\tSize\tUsed\tAvail\tUse%\n"
+                        + "".join(f"{i:2d}\t79 GB\t24 MB\t79 GB\t  0%\n" for i in range(3))
+                        + "Total\t236 GB\t72 MB\t236 GB\t  0%\n\nTotal virtual image size\t2.0 GB\n")
+
+
+def test_node_kill_and_shutdown(sheep):
+    assert dog_("node", "kill", "2").exit_code == 0
+    assert ("127.0.0.1", 7002) in sheep.opened
+    assert dog_("node", "kill", "-l", "-p", "7005").exit_code == 0
+    assert ("127.0.0.1", 7005) in sheep.opened
+    assert len(sheep.ops(Op.KILL_NODE)) == 2
+    assert dog_("cluster", "shutdown").exit_code == 0
+    assert len(sheep.ops(Op.SHUTDOWN)) == 1
