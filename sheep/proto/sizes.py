@@ -58,20 +58,21 @@ def strnumber(n: int, raw: bool = False) -> str:
 
 
 def parse_copies(text: str) -> tuple[int, int]:
-    """`parse_copy`: ``N`` (1-31 replicas) or ``D:P`` (EC) -> (nr_copies, copy_policy)."""
+    """`parse_copy`: ``N`` (1-31 replicas) or ``D:P`` (EC) -> (nr_copies, copy_policy).
+
+    Errors name the text before the colon, as dog does (its strtok cut the string there)."""
     parts = text.split(":")
+    bad = ValueError(f"Invalid parameter {parts[0]}")
     if len(parts) > 2 or not all(p.isdigit() and p.isascii() for p in parts):
-        raise ValueError(f"Invalid parameter {text}")
+        raise bad
     copies = int(parts[0])
     if len(parts) == 1:
         if not 1 <= copies <= SD_MAX_COPIES:
-            raise ValueError(f"Invalid parameter {copies}")
+            raise bad
         return copies, 0
     parity = int(parts[1])
-    if copies not in _EC_DATA_STRIPS:
-        raise ValueError(f"Invalid parameter {copies}")
-    if not 1 <= parity < SD_EC_MAX_STRIP:
-        raise ValueError(f"Invalid parameter {parity}")
+    if copies not in _EC_DATA_STRIPS or not 1 <= parity < SD_EC_MAX_STRIP:
+        raise bad
     return copies + parity, ((copies // 2) << 4) | parity
 
 

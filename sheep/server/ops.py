@@ -45,6 +45,7 @@ class OpSpec:
     handler: Handler | None = None  # gateway/peer/local handler, or a cluster op's work step
     main: Main | None = None  # cluster ops: runs on every node
     data_on_error: bool = False  # reply payload even when result != SUCCESS
+    sync: bool = False  # reads cluster state: first process events already delivered
 
 
 G, P, LO, C = Kind.GATEWAY, Kind.PEER, Kind.LOCAL, Kind.CLUSTER
@@ -59,16 +60,16 @@ OPS: dict[int, OpSpec] = {
     Op.LOCK_VDI: OpSpec("LOCK_VDI", C, handler=V.lock_vdi_work, main=V.lock_vdi_main),
     Op.RELEASE_VDI: OpSpec("RELEASE_VDI", C, main=V.release_vdi_main),
     Op.GET_VDI_INFO: OpSpec("GET_VDI_INFO", C, handler=V.get_vdi_info_work),
-    Op.READ_VDIS: OpSpec("READ_VDIS", LO, force=True, handler=L.read_vdis),
+    Op.READ_VDIS: OpSpec("READ_VDIS", LO, force=True, handler=L.read_vdis, sync=True),
     Op.FLUSH_VDI: OpSpec("FLUSH_VDI", LO, handler=L.flush_vdi),
     Op.DEL_VDI: OpSpec("DEL_VDI", C, admin=True, handler=V.del_vdi_work, main=V.del_vdi_main),
     Op.GET_CLUSTER_DEFAULT: OpSpec("GET_CLUSTER_DEFAULT", LO, force=True, handler=L.get_cluster_default),
-    Op.GET_NODE_LIST: OpSpec("GET_NODE_LIST", LO, force=True, handler=L.get_node_list),
+    Op.GET_NODE_LIST: OpSpec("GET_NODE_LIST", LO, force=True, handler=L.get_node_list, sync=True),
     Op.MAKE_FS: OpSpec("MAKE_FS", C, force=True, admin=True, handler=L.make_fs_work, main=L.make_fs_main),
     Op.SHUTDOWN: OpSpec("SHUTDOWN", C, force=True, admin=True, main=L.shutdown_main),
     Op.GET_VDI_ATTR: OpSpec("GET_VDI_ATTR", C, handler=A.get_vdi_attr_work),
     Op.STAT_SHEEP: OpSpec("STAT_SHEEP", LO, handler=L.stat_sheep),
-    Op.STAT_CLUSTER: OpSpec("STAT_CLUSTER", LO, force=True, handler=L.stat_cluster, data_on_error=True),
+    Op.STAT_CLUSTER: OpSpec("STAT_CLUSTER", LO, force=True, handler=L.stat_cluster, sync=True, data_on_error=True),
     Op.GET_STORE_LIST: OpSpec("GET_STORE_LIST", LO, force=True, handler=L.get_store_list),
     Op.STAT_RECOVERY: OpSpec("STAT_RECOVERY", LO, handler=L.stat_recovery),
     Op.FLUSH_DEL_CACHE: OpSpec("DEL_CACHE", LO, handler=L.noop),
@@ -81,18 +82,18 @@ OPS: dict[int, OpSpec] = {
     Op.REMOVE_PEER: OpSpec("REMOVE_PEER", P, handler=L.peer_remove),
     Op.ENABLE_RECOVER: OpSpec("ENABLE_RECOVER", C, admin=True, main=L.recover_main),
     Op.DISABLE_RECOVER: OpSpec("DISABLE_RECOVER", C, admin=True, main=L.recover_main),
-    Op.GET_VDI_COPIES: OpSpec("GET_VDI_COPIES", LO, force=True, handler=V.get_vdi_copies),
+    Op.GET_VDI_COPIES: OpSpec("GET_VDI_COPIES", LO, force=True, handler=V.get_vdi_copies, sync=True),
     Op.NOTIFY_VDI_ADD: OpSpec("NOTIFY_VDI_ADD", C, force=True, main=V.notify_vdi_add_main),
     Op.GET_HASH: OpSpec("GET_HASH", LO, handler=L.get_hash),
     Op.STAT: OpSpec("STAT", LO, handler=L.stat),
     Op.GET_LOGLEVEL: OpSpec("GET_LOGLEVEL", LO, force=True, handler=L.get_loglevel),
     Op.SET_LOGLEVEL: OpSpec("SET_LOGLEVEL", LO, force=True, handler=L.set_loglevel),
     Op.EXIST: OpSpec("EXIST", LO, force=True, handler=L.exist),
-    Op.CLUSTER_INFO: OpSpec("CLUSTER INFO", LO, force=True, handler=L.cluster_info),
+    Op.CLUSTER_INFO: OpSpec("CLUSTER INFO", LO, force=True, handler=L.cluster_info, sync=True),
     Op.ALTER_CLUSTER_COPY: OpSpec("ALTER_CLUSTER_COPY", C, admin=True, handler=L.alter_cluster_copy_work,
                                   main=L.alter_cluster_copy_main),
     Op.OIDS_EXIST: OpSpec("OIDS_EXIST", LO, force=True, handler=L.oids_exist, data_on_error=True),
-    Op.READ_DEL_VDIS: OpSpec("READ_DEL_VDIS", LO, force=True, handler=L.read_vdis),
+    Op.READ_DEL_VDIS: OpSpec("READ_DEL_VDIS", LO, force=True, handler=L.read_vdis, sync=True),
     Op.GET_RECOVERY: OpSpec("GET_RECOVERY", LO, force=True, handler=L.get_recovery),
     Op.SET_RECOVERY: OpSpec("SET_RECOVERY", LO, force=True, handler=L.set_recovery),
     Op.GET_VNODES: OpSpec("GET_VNODES", LO, handler=L.get_vnodes),
@@ -151,6 +152,8 @@ async def dispatch(node: "Node", req: Request, payload: bytes) -> Reply:
             return Reply(gate)
     if spec.admin:
         log.info("op=%s", spec.name)
+    if spec.sync:
+        await node.driver.sync()
     try:
         if spec.kind is Kind.PEER:
             return await execute_peer(node, req, payload)
