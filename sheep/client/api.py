@@ -132,9 +132,9 @@ class Client:
     # ------------------------------------------------------------------ VDIs
 
     def _vdi_lookup(self, opcode: int, name: str | bytes, tag: str | bytes, snapid: int,
-                    lock_type: int = LOCK_TYPE_NORMAL) -> VdiRsp:
+                    lock_type: int = LOCK_TYPE_NORMAL, flags: int = 0) -> VdiRsp:
         payload = _name_tag(name, tag)
-        req = Request(opcode, Flag.CMD_WRITE, len(payload),
+        req = Request(opcode, Flag.CMD_WRITE | flags, len(payload),
                       args=VdiArgs(snapid=snapid, type=lock_type))
         rsp, _ = self.checked(req, payload)
         assert isinstance(rsp.args, VdiRsp)
@@ -145,11 +145,17 @@ class Client:
         return self._vdi_lookup(Op.GET_VDI_INFO, name, tag, snapid)
 
     def lock_vdi(self, name: str | bytes, tag: str | bytes = "", snapid: int = 0, *,
-                 lock_type: int = LOCK_TYPE_NORMAL) -> VdiRsp:
-        return self._vdi_lookup(Op.LOCK_VDI, name, tag, snapid, lock_type)
+                 lock_type: int = LOCK_TYPE_NORMAL, flags: int = 0) -> VdiRsp:
+        """``flags`` may add FLAG_CMD_CONN_LOCK: the lock then dies with this connection."""
+        return self._vdi_lookup(Op.LOCK_VDI, name, tag, snapid, lock_type, flags)
 
-    def release_vdi(self, vid: int, *, lock_type: int = LOCK_TYPE_NORMAL) -> None:
-        self.checked(Request(Op.RELEASE_VDI, args=VdiArgs(base_vdi_id=vid, type=lock_type)))
+    def release_vdi(self, vid: int, *, lock_type: int = LOCK_TYPE_NORMAL,
+                    name: str | bytes | None = None) -> None:
+        """dog sends no payload; QEMU sends ``name`` NUL-terminated, which sheep ignores."""
+        payload = None if name is None else to_bytes(name) + b"\0"
+        req = Request(Op.RELEASE_VDI, Flag.CMD_WRITE if payload else 0,
+                      len(payload) if payload else 0, args=VdiArgs(base_vdi_id=vid, type=lock_type))
+        self.checked(req, payload)
 
     def del_vdi(self, name: str | bytes, tag: str | bytes = "", snapid: int = 0) -> VdiRsp:
         return self._vdi_lookup(Op.DEL_VDI, name, tag, snapid)

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import struct
 from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..proto.constants import Op, Res
 from ..proto.inode import STORE_POLICY_HYPER, Inode
 from ..proto.oid import data_vid_offset, vid_to_data_oid, vid_to_vdi_oid
 from .api import Client
+from ..proto.header import Request
 from .sync import Buffer, SheepError
+
+Chunk = tuple[int, int, int, int]  # idx, offset in the object, offset in the buffer, length
+
+
+@dataclass
+class WritePass:
+    """Outcome of `Volume.send_writes`: ``done`` (idx, entry before) per successful request,
+    ``left`` the chunks not written (failed or never sent), ``error`` the first failure."""
+
+    done: list[tuple[int, int]] = field(default_factory=list)
+    left: list[Chunk] = field(default_factory=list)
+    error: int = 0
 
 
 class Volume:
@@ -50,12 +64,12 @@ class Volume:
 
     # ------------------------------------------------------------------ mapping
 
-    def _check_range(self, offset: int, length: int) -> None:
+    def check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"range {offset}+{length} is beyond the end of the VDI "
                              f"({self.size} bytes)")
 
-    def _chunks(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+    def chunks(self, offset: int, length: int) -> Iterator[Chunk]:
         """(idx, offset in object, offset in the caller's buffer, length) per object touched."""
         size = self.object_size
         pos, end = offset, offset + length
@@ -74,13 +88,13 @@ class Volume:
 
     def read(self, offset: int, length: int) -> bytearray:
         """Bytes of the VDI; holes are zeros without a request, objects may be an ancestor's."""
-        self._check_range(offset, length)
+        self.check_range(offset, length)
         out = bytearray(length)
         view = memoryview(out)
         get_vid = self.inode.get_vid
 
         def requests():
-            for idx, off, pos, n in self._chunks(offset, length):
+            for idx, off, pos, n in self.chunks(offset, length):
                 v = get_vid(idx)
                 if v:
                     yield self._obj(Op.READ_OBJ, vid_to_data_oid(v, idx), n, off), None, \
@@ -94,6 +108,51 @@ class Volume:
 
     # ------------------------------------------------------------------ write
 
+    def write_request(self, idx: int, off: int, n: int) -> Request:
+        """The copy-on-write table of objects.md §7 for one object, written as ``self.vid``.
+
+        Every writer (dog's Volume.write, QEMU-style VdiClient) decides plain write, create
+        or COW create here, from the in-memory index entry.
+        """
+        me = self.vid
+        v = self.inode.get_vid(idx)
+        oid = vid_to_data_oid(me, idx)
+        if v == me:
+            return self._obj(Op.WRITE_OBJ, oid, n, off)
+        if v == 0:
+            return self._obj(Op.CREATE_AND_WRITE_OBJ, oid, n, off)
+        return self._obj(Op.CREATE_AND_WRITE_OBJ, oid, n, off, cow_oid=vid_to_data_oid(v, idx))
+
+    def send_writes(self, chunks: list[Chunk], data: memoryview) -> WritePass:
+        """Pipeline the data requests of ``chunks`` (from `chunks`, ``data`` the caller's buffer).
+
+        After the first error no further request is sent.  The in-memory index is not
+        changed: the caller points entries at new objects once its index write succeeded.
+        """
+        sent: list[tuple[Chunk, int]] = []  # (chunk, entry before the write), in request order
+        failed: list[int] = []
+
+        def requests():
+            for c in chunks:
+                if failed:
+                    return
+                idx, off, pos, n = c
+                sent.append((c, self.inode.get_vid(idx)))
+                yield self.write_request(idx, off, n), data[pos:pos + n], None
+
+        result = WritePass()
+        with closing(self.client.conn.iter_many(requests(), window=self.window)) as replies:
+            for i, (rsp, _) in enumerate(replies):
+                c, old = sent[i]
+                if rsp.result == Res.SUCCESS:
+                    result.done.append((c[0], old))
+                else:
+                    failed.append(rsp.result)
+                    result.left.append(c)
+        result.left.extend(chunks[len(sent):])
+        result.error = failed[0] if failed else 0
+        return result
+
     def write(self, offset: int, data: Buffer) -> None:
         """Write through the COW table of objects.md §7, then update the index.
 
@@ -106,37 +165,11 @@ class Volume:
         if self.readonly:
             raise PermissionError("volume is read-only")
         view = memoryview(data).cast("B")
-        self._check_range(offset, len(view))
-        me = self.vid
-        plan: list[tuple[int, int]] = []  # (idx, entry before the write), in request order
-        failed: list[int] = []
-
-        def requests():
-            for idx, off, pos, n in self._chunks(offset, len(view)):
-                if failed:
-                    return
-                v = self.inode.get_vid(idx)
-                oid = vid_to_data_oid(me, idx)
-                if v == me:
-                    req = self._obj(Op.WRITE_OBJ, oid, n, off)
-                elif v == 0:
-                    req = self._obj(Op.CREATE_AND_WRITE_OBJ, oid, n, off)
-                else:
-                    req = self._obj(Op.CREATE_AND_WRITE_OBJ, oid, n, off,
-                                    cow_oid=vid_to_data_oid(v, idx))
-                plan.append((idx, v))
-                yield req, view[pos:pos + n], None
-
-        done: list[tuple[int, int]] = []
-        with closing(self.client.conn.iter_many(requests(), window=self.window)) as replies:
-            for i, (rsp, _) in enumerate(replies):
-                if rsp.result == Res.SUCCESS:
-                    done.append(plan[i])
-                else:
-                    failed.append(rsp.result)
-        self._update_index(done)
-        if failed:
-            raise SheepError(failed[0])
+        self.check_range(offset, len(view))
+        done = self.send_writes(list(self.chunks(offset, len(view))), view)
+        self._update_index(done.done)
+        if done.error:
+            raise SheepError(done.error)
 
     def _update_index(self, done: list[tuple[int, int]]) -> None:
         """Point changed entries at our objects; the in-memory index follows each success."""
@@ -176,5 +209,24 @@ class Volume:
         if error:
             raise SheepError(error)
 
+    def update_index_range(self, changes: dict[int, int]) -> None:
+        """QEMU's index update (`sd_write_done`): ONE WRITE_OBJ on our inode covering
+        ``min..max`` of the changed indexes, the other entries of the range rewritten with
+        their in-memory values.  ``changes`` maps index to new vid; memory follows on success."""
+        if not changes:
+            return
+        lo, hi = min(changes), max(changes) + 1
+        entries = self.inode.data_vdi_id[lo:hi]
+        for idx, vid in changes.items():
+            entries[idx - lo] = vid
+        payload = struct.pack(f"<{hi - lo}I", *entries)
+        req = Client.obj_request(Op.WRITE_OBJ, vid_to_vdi_oid(self.vid), len(payload),
+                                 data_vid_offset(lo), flags=self.flags,
+                                 copies=self.inode.header.nr_copies)
+        rsp, _ = self.client.call(req, payload)
+        if rsp.result != Res.SUCCESS:
+            raise SheepError(rsp.result)
+        self.inode.data_vdi_id[lo:hi] = entries
 
-__all__ = ["Volume"]
+
+__all__ = ["Chunk", "Volume", "WritePass"]

@@ -19,7 +19,7 @@ from ..proto.oid import (
     data_oid_to_idx, data_vid_offset, is_data_obj, is_vdi_obj, ledger_to_data_oid, object_size, oid_to_vid,
     vid_to_vdi_oid,
 )
-from ..proto.structs import SdNode, EpochLog, RecoveryState, RecoveryThrottling, cstr, decode_epoch_file, encode_nodes
+from ..proto.structs import SdNode, EpochLog, RecoveryThrottling, cstr, decode_epoch_file, encode_nodes
 from . import gateway, reclaim
 from .node import Reply
 from .store import StoreError
@@ -54,6 +54,11 @@ async def peer_read(node: "Node", req: Request, payload: bytes) -> Reply:
         return Reply(Res.NO_OBJ)
     if a.offset + req.data_length > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
+    if req.flags & Flag.CMD_RECOVERY:
+        # a recovering node reads from us once we are at its epoch: older writes have landed
+        await node.wait_epoch_at_least(req.epoch, 5.0)
+        return await _store_call(node, lambda: node.store.read(a.oid, a.offset, req.data_length, stale_ok=True))
+    await node.recovery.recover_now(a.oid)
     return await _store_call(node, node.store.read, a.oid, a.offset, req.data_length)
 
 
@@ -61,6 +66,7 @@ async def peer_write(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if a.offset + len(payload) > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
+    await node.recovery.recover_now(a.oid)
     return await _store_call(node, node.store.write, a.oid, a.offset, payload)
 
 
@@ -71,7 +77,8 @@ async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> R
     size = _peer_size(node, req)
     if a.offset + len(payload) > size:
         return Reply(Res.INVALID_PARMS)
-    return await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size)
+    async with node.object_lock(a.oid):  # never interleaved with recovery of the same object
+        return await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size)
 
 
 async def peer_remove(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -266,7 +273,10 @@ async def oids_exist(node: "Node", req: Request, payload: bytes) -> Reply:
 
 
 async def get_obj_list(node: "Node", req: Request, payload: bytes) -> Reply:
-    oids = [] if node.opts.gateway else await node.io(node.store.list_oids)
+    """Every object held here, stale copies included; with CMD_DIRECT (our recovery's
+    private use of the flag) only the live ones."""
+    live_only = bool(req.flags & Flag.CMD_DIRECT)
+    oids = [] if node.opts.gateway else await node.io(lambda: node.store.list_oids(stale=not live_only))
     data = struct.pack(f"<{len(oids)}Q", *oids)
     if len(data) > req.data_length:
         return Reply(Res.BUFFER_SMALL)
@@ -313,7 +323,7 @@ async def set_loglevel(node: "Node", req: Request, payload: bytes) -> Reply:
 
 
 async def stat_recovery(node: "Node", req: Request, payload: bytes) -> Reply:
-    return Reply(Res.SUCCESS, RecoveryState(in_recovery=0, state=0, nr_finished=0, nr_total=0).encode())
+    return Reply(Res.SUCCESS, node.recovery.status().encode())
 
 
 async def get_recovery(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -381,6 +391,13 @@ async def shutdown_main(node: "Node", req: Request, rsp: Response, data: bytes, 
 
 async def recover_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
     node.disable_recovery = 1 if req.opcode == Op.DISABLE_RECOVER else 0
+    if not node.disable_recovery and node.status == Status.OK:
+        node.recovery.kick()  # resume a suspended recovery
+
+
+async def complete_recovery_main(node: "Node", req: Request, rsp: Response, data: bytes,
+                                 sender: SdNode) -> None:
+    await node.recovery.completed_by(req.args.tgt_epoch, SdNode.decode(bytes(data)).nid)
 
 
 async def alter_cluster_copy_work(node: "Node", req: Request, payload: bytes) -> Reply:

@@ -298,6 +298,7 @@ async def run(opts: Options, listeners, ready) -> int:
             nursery.cancel_scope.cancel()
             return 1
         await nursery.start(serve, node, listeners)
+        nursery.start_soon(node.recovery.run)
         ready()
         nursery.start_soon(_signals, node)
         await node.shutdown_event.wait()

@@ -101,6 +101,9 @@ class Node:
         self.shutdown_event = trio.Event()
         self.me = SdNode(NodeId.from_host(opts.advertise_addr, opts.port), 0, 0, 0)
         self._object_locks: dict[int, trio.Lock] = {}
+        self.vdi_states_ready = trio.Event()
+        from .recovery import Recovery
+        self.recovery = Recovery(self)
 
     def object_lock(self, oid: int) -> trio.Lock:
         """Serializes read-modify-write of one local object (ledgers)."""
@@ -206,6 +209,7 @@ class Node:
         self._set_members(nodes)
         if self.status == Status.OK:
             await self._log_epoch()
+            self.recovery.kick()
         elif self.status == Status.WAIT and self.ctime:
             present = {n.nid for n in self.members}
             expected = {n.nid for n in self.wait_nodes}
@@ -213,6 +217,7 @@ class Node:
                 if present != expected:
                     await self._log_epoch()
                 self.status = Status.OK
+                self.recovery.kick()
                 log.info("all nodes of epoch %d are back, cluster is running", self.epoch)
         self.epoch_changed()
 
@@ -247,10 +252,23 @@ class Node:
                 self.epoch = theirs_epoch
                 self.wait_nodes = decode_cinfo(reply).nodes
         log.info("%s joined (%d members)", SdNode.decode(joiner.node).nid.log_str(), len(nodes))
+        if is_me:
+            if self.status == Status.OK and len(nodes) > 1:
+                from .vdi_ops import fetch_vdi_states
+                await self.io(self._suspect_local_objects)
+                self.spawn(fetch_vdi_states, self)
+            else:
+                self.vdi_states_ready.set()
         await self._membership_changed(nodes)
-        if is_me and self.status == Status.OK and len(nodes) > 1:
-            from .vdi_ops import fetch_vdi_states
-            self.spawn(fetch_vdi_states, self)
+
+    def _suspect_local_objects(self) -> None:
+        """Joining a running cluster: writes may have happened while we were away, so our
+        objects become stale copies that recovery revalidates by hash (blocking)."""
+        oids = self.store.list_oids()
+        for oid in oids:
+            self.store.move_to_stale(oid, self.epoch)
+        if oids:
+            log.info("rejoining a running cluster: %d local objects to be revalidated", len(oids))
 
     async def _adopt(self, ci: ClusterInfo) -> None:
         """Take over the master's cluster state when we join."""

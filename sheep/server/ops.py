@@ -82,6 +82,7 @@ OPS: dict[int, OpSpec] = {
     Op.REMOVE_PEER: OpSpec("REMOVE_PEER", P, handler=L.peer_remove),
     Op.ENABLE_RECOVER: OpSpec("ENABLE_RECOVER", C, admin=True, main=L.recover_main),
     Op.DISABLE_RECOVER: OpSpec("DISABLE_RECOVER", C, admin=True, main=L.recover_main),
+    Op.COMPLETE_RECOVERY: OpSpec("COMPLETE_RECOVERY", C, force=True, main=L.complete_recovery_main),
     Op.GET_VDI_COPIES: OpSpec("GET_VDI_COPIES", LO, force=True, handler=V.get_vdi_copies, sync=True),
     Op.NOTIFY_VDI_ADD: OpSpec("NOTIFY_VDI_ADD", C, force=True, main=V.notify_vdi_add_main),
     Op.GET_HASH: OpSpec("GET_HASH", LO, handler=L.get_hash),

@@ -44,10 +44,10 @@ class ObjectStore:
         name = f"{oid:016x}" if ec_index is None else f"{oid:016x}_{ec_index}"
         return os.path.join(self.objdir, name)
 
-    def read_into(self, oid: int, offset: int, buf: memoryview) -> None:
-        """Fill ``buf`` from the object; parts beyond the file end read as zeros."""
+    def read_into(self, oid: int, offset: int, buf: memoryview, path: str | None = None) -> None:
+        """Fill ``buf`` from the object (or the file ``path``); parts beyond the end read as zeros."""
         try:
-            fd = os.open(self.path(oid), os.O_RDONLY)
+            fd = os.open(path or self.path(oid), os.O_RDONLY)
         except OSError as e:
             raise StoreError(_oserror_result(e), str(e)) from e
         try:
@@ -63,9 +63,16 @@ class ObjectStore:
         finally:
             os.close(fd)
 
-    def read(self, oid: int, offset: int, length: int) -> bytearray:
+    def read(self, oid: int, offset: int, length: int, *, stale_ok: bool = False) -> bytearray:
+        """Read from obj/; with ``stale_ok`` fall back to the newest stale copy (recovery)."""
         buf = bytearray(length)
-        self.read_into(oid, offset, memoryview(buf))
+        path = None
+        if stale_ok and not self.exists(oid):
+            versions = self.stale_versions(oid)
+            if not versions:
+                raise StoreError(Res.NO_OBJ)
+            path = versions[-1][1]
+        self.read_into(oid, offset, memoryview(buf), path)
         return buf
 
     def write(self, oid: int, offset: int, data: bytes | memoryview) -> None:
@@ -129,11 +136,11 @@ class ObjectStore:
     def exists(self, oid: int) -> bool:
         return os.path.exists(self.path(oid))
 
-    def sha1(self, oid: int, obj_size: int) -> bytes:
+    def sha1(self, oid: int, obj_size: int, path: str | None = None) -> bytes:
         """SHA-1 of the full logical object (zero-extended to ``obj_size``)."""
         h = hashlib.sha1()
         try:
-            with open(self.path(oid), "rb") as f:
+            with open(path or self.path(oid), "rb") as f:
                 done = 0
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
@@ -144,15 +151,55 @@ class ObjectStore:
             h.update(bytes(obj_size - done))
         return h.digest()
 
-    def list_oids(self) -> list[int]:
-        out = []
+    def list_oids(self, *, stale: bool = False) -> list[int]:
+        """Objects in obj/ (with ``stale``: also those only in .stale/), ascending."""
+        out = set()
         for name in os.listdir(self.objdir):
             if len(name) == 16 and not name.startswith("."):
                 try:
-                    out.append(int(name, 16))
+                    out.add(int(name, 16))
+                except ValueError:
+                    pass
+        if stale:
+            for name in os.listdir(self.stale_dir):
+                try:
+                    out.add(int(name.split(".", 1)[0], 16))
                 except ValueError:
                     pass
         return sorted(out)
+
+    # -- stale copies: objects this node no longer owns, kept until every node recovered
+
+    @property
+    def stale_dir(self) -> str:
+        return os.path.join(self.objdir, ".stale")
+
+    def move_to_stale(self, oid: int, epoch: int) -> None:
+        try:
+            os.rename(self.path(oid), os.path.join(self.stale_dir, f"{oid:016x}.{epoch}"))
+        except FileNotFoundError:
+            pass
+
+    def stale_versions(self, oid: int) -> list[tuple[int, str]]:
+        """(epoch, path) of every stale copy of ``oid``, oldest first."""
+        prefix = f"{oid:016x}."
+        out = []
+        for name in os.listdir(self.stale_dir):
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                out.append((int(name[len(prefix):]), os.path.join(self.stale_dir, name)))
+        return sorted(out)
+
+    def restore_stale(self, oid: int, path: str) -> None:
+        """A stale copy proved current (same hash as a live replica): make it live again."""
+        os.rename(path, self.path(oid))
+        if not self.nosync:
+            self._sync_dir()
+
+    def purge_stale(self) -> int:
+        names = os.listdir(self.stale_dir)
+        for name in names:
+            os.unlink(os.path.join(self.stale_dir, name))
+        return len(names)
 
     def purge(self) -> None:
         """Delete every object (MAKE_FS)."""

@@ -291,7 +291,14 @@ async def get_vdi_copies(node: "Node", req: Request, payload: bytes) -> Reply:
 
 
 async def fetch_vdi_states(node: "Node") -> None:
-    """After joining, learn every vid from a member (objects.md §5.2)."""
+    """After joining, learn every vid from a member (objects.md §5.2); recovery waits for it."""
+    try:
+        await _fetch_vdi_states(node)
+    finally:
+        node.vdi_states_ready.set()
+
+
+async def _fetch_vdi_states(node: "Node") -> None:
     for peer in node.members:
         if peer.nid == node.me.nid:
             continue
