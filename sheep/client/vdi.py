@@ -362,10 +362,11 @@ class VdiClient:
         lock connection so the server also forgets it there; then both sockets close."""
         if self._vol is None:
             return
+        vid = self._vol.inode.header.vdi_id
         try:
             if self._lock is not None:
                 try:
-                    self._lock.release_vdi(self.vid, name=self.name)
+                    self._lock.release_vdi(vid, name=self.name)
                 except SheepError as e:
                     if e.result != Res.VDI_NOT_LOCKED:
                         raise

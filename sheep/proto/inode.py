@@ -10,7 +10,7 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 from itertools import compress
-from typing import ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator
 
 from .constants import (
     SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE, SD_INODE_INDEX_END,
@@ -195,7 +195,62 @@ class Inode:
         return self._le(self.gref[2 * start:2 * stop])
 
 
+# ---------------------------------------------------------------- hyper volumes (B-tree index)
+
+BTREE_HEADER = struct.Struct("<HHI")  # struct sd_index_header: magic, depth, entries
+BTREE_INDEX = struct.Struct("<II")  # struct sd_index: idx, vdi_id (leaf entries)
+BTREE_INDIRECT = struct.Struct("<IIQ")  # struct sd_indirect_idx: max idx below, pad, oid
+_ROOT_WORDS = SD_INODE_DATA_INDEX  # the root lives in data_vdi_id[] (u32 words)
+
+# read(oid, offset, length) -> bytes of a B-tree node object (VDI_BTREE_BIT, 4 MiB)
+NodeReader = Callable[[int, int, int], Buf]
+
+
+def btree_leaf_entries(buf: Buf, offset: int = 0) -> Iterator[tuple[int, int]]:
+    """(idx, vid) of the ``sd_index`` entries of a B-tree node whose header is at ``offset``.
+
+    Entries with vid 0 are skipped.  A node without the B-tree magic yields nothing.
+    """
+    magic, _depth, entries = BTREE_HEADER.unpack_from(buf, offset)
+    if magic != INODE_BTREE_MAGIC:
+        return
+    start = offset + BTREE_HEADER.size
+    entries = min(entries, (len(buf) - start) // BTREE_INDEX.size)
+    for idx, vid in BTREE_INDEX.iter_unpack(bytes(buf[start:start + entries * BTREE_INDEX.size])):
+        if vid:
+            yield idx, vid
+
+
+def hyper_index_entries(index: array, read_node: NodeReader) -> Iterator[tuple[int, int]]:
+    """(idx, vid) of every allocated entry of a hyper volume (objects.md §3), in idx order.
+
+    ``index`` is the inode's ``data_vdi_id`` (it holds the B-tree root).  Depth 1 keeps the
+    leaves in the root; depth 2 keeps ``sd_indirect_idx`` pointers to B-tree node objects,
+    which ``read_node`` fetches (first their 8-byte header, then their entries).
+    """
+    magic, depth, entries = BTREE_HEADER.unpack(Inode._le(index[:2]))
+    if magic != INODE_BTREE_MAGIC:
+        return
+    words = 2 + entries * (BTREE_INDEX.size if depth <= 1 else BTREE_INDIRECT.size) // 4
+    root = Inode._le(index[:min(words, _ROOT_WORDS)])
+    if depth <= 1:
+        yield from btree_leaf_entries(root)
+        return
+    body = root[BTREE_HEADER.size:]
+    body = body[:len(body) - len(body) % BTREE_INDIRECT.size]
+    for _max_idx, _pad, oid in BTREE_INDIRECT.iter_unpack(body):
+        if not oid:
+            continue
+        head = bytes(read_node(oid, 0, BTREE_HEADER.size))
+        magic, _d, n = BTREE_HEADER.unpack_from(head, 0)
+        if magic != INODE_BTREE_MAGIC or not n:
+            continue
+        leaves = bytes(read_node(oid, BTREE_HEADER.size, n * BTREE_INDEX.size))
+        yield from btree_leaf_entries(head + leaves)
+
+
 __all__ = [
     "DATA_VDI_ID_OFFSET", "GREF_OFFSET", "GREF_SIZE", "INODE_BTREE_MAGIC", "STORE_POLICY_FLAT",
     "STORE_POLICY_HYPER", "index_offset", "gref_offset", "index_range", "InodeHeader", "Inode",
+    "BTREE_HEADER", "BTREE_INDEX", "BTREE_INDIRECT", "btree_leaf_entries", "hyper_index_entries",
 ]

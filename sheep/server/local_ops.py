@@ -48,6 +48,13 @@ async def _store_call(node: "Node", fn, *args) -> Reply:
     return Reply(Res.SUCCESS, out if out is not None else b"")
 
 
+async def _recovered(node: "Node", req: Request) -> bool:
+    """Recover the object first if it is still due here.  False if the epoch moved on while
+    we waited: the gateway must then retry with the new placement."""
+    await node.recovery.recover_now(req.args.oid)
+    return req.epoch >= node.epoch
+
+
 async def peer_read(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if node.opts.gateway:
@@ -58,7 +65,8 @@ async def peer_read(node: "Node", req: Request, payload: bytes) -> Reply:
         # a recovering node reads from us once we are at its epoch: older writes have landed
         await node.wait_epoch_at_least(req.epoch, 5.0)
         return await _store_call(node, lambda: node.store.read(a.oid, a.offset, req.data_length, stale_ok=True))
-    await node.recovery.recover_now(a.oid)
+    if not await _recovered(node, req):
+        return Reply(Res.OLD_NODE_VER)
     return await _store_call(node, node.store.read, a.oid, a.offset, req.data_length)
 
 
@@ -66,7 +74,8 @@ async def peer_write(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if a.offset + len(payload) > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
-    await node.recovery.recover_now(a.oid)
+    if not await _recovered(node, req):
+        return Reply(Res.OLD_NODE_VER)
     return await _store_call(node, node.store.write, a.oid, a.offset, payload)
 
 

@@ -208,16 +208,16 @@ class Node:
     async def _membership_changed(self, nodes: list[SdNode]) -> None:
         self._set_members(nodes)
         if self.status == Status.OK:
+            self.recovery.kick()  # before the epoch moves: requests at the new epoch must wait for it
             await self._log_epoch()
-            self.recovery.kick()
         elif self.status == Status.WAIT and self.ctime:
             present = {n.nid for n in self.members}
             expected = {n.nid for n in self.wait_nodes}
             if expected and expected <= present:
+                self.recovery.kick()
                 if present != expected:
                     await self._log_epoch()
                 self.status = Status.OK
-                self.recovery.kick()
                 log.info("all nodes of epoch %d are back, cluster is running", self.epoch)
         self.epoch_changed()
 
@@ -252,13 +252,13 @@ class Node:
                 self.epoch = theirs_epoch
                 self.wait_nodes = decode_cinfo(reply).nodes
         log.info("%s joined (%d members)", SdNode.decode(joiner.node).nid.log_str(), len(nodes))
+        from .vdi_ops import fetch_vdi_states
         if is_me:
             if self.status == Status.OK and len(nodes) > 1:
-                from .vdi_ops import fetch_vdi_states
                 await self.io(self._suspect_local_objects)
-                self.spawn(fetch_vdi_states, self)
-            else:
-                self.vdi_states_ready.set()
+            self.spawn(fetch_vdi_states, self, [n for n in nodes if n.nid != self.me.nid])
+        else:
+            self.spawn(fetch_vdi_states, self, [SdNode.decode(joiner.node)])
         await self._membership_changed(nodes)
 
     def _suspect_local_objects(self) -> None:

@@ -290,29 +290,30 @@ async def get_vdi_copies(node: "Node", req: Request, payload: bytes) -> Reply:
     return Reply(Res.SUCCESS, b"".join(s.encode() for s in states))
 
 
-async def fetch_vdi_states(node: "Node") -> None:
-    """After joining, learn every vid from a member (objects.md §5.2); recovery waits for it."""
+async def fetch_vdi_states(node: "Node", peers: list[SdNode]) -> None:
+    """Learn every vid that ``peers`` know (GET_VDI_COPIES): a joiner asks the members and
+    the members ask the joiner, so bitmaps converge even after a cold restart, when each
+    node only found the inodes it stores (objects.md §5.2)."""
     try:
-        await _fetch_vdi_states(node)
+        for peer in peers:
+            if peer.nid != node.me.nid:
+                await _merge_vdi_states(node, peer)
     finally:
         node.vdi_states_ready.set()
 
 
-async def _fetch_vdi_states(node: "Node") -> None:
-    for peer in node.members:
-        if peer.nid == node.me.nid:
-            continue
-        size = 512 * VDI_STATE_SIZE
-        while True:
-            rsp, data = await node.peers.call(peer.nid, Request(Op.GET_VDI_COPIES, data_length=size))
-            if rsp.result != Res.BUFFER_SMALL:
-                break
-            size *= 2
-        if rsp.result != Res.SUCCESS:
-            continue
-        for off in range(0, len(data) - VDI_STATE_SIZE + 1, VDI_STATE_SIZE):
-            node.vdis.merge_state(VdiState.decode(data, off))
+async def _merge_vdi_states(node: "Node", peer: SdNode) -> None:
+    size = 512 * VDI_STATE_SIZE
+    while True:
+        rsp, data = await node.peers.call(peer.nid, Request(Op.GET_VDI_COPIES, data_length=size))
+        if rsp.result != Res.BUFFER_SMALL:
+            break
+        size *= 2
+    if rsp.result != Res.SUCCESS:
+        log.warning("could not learn VDIs from %s: %#x", peer.nid, rsp.result)
         return
+    for off in range(0, len(data) - VDI_STATE_SIZE + 1, VDI_STATE_SIZE):
+        node.vdis.merge_state(VdiState.decode(data, off))
 
 
 def scan_local_inodes(node: "Node") -> None:
