@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from sheep.proto.constants import (
     SD_INODE_SIZE, SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
 )
 from sheep.proto.header import ClusterArgs, Request
-from sheep.proto.inode import INODE_BTREE_MAGIC, STORE_POLICY_HYPER, Inode
+from sheep.proto.inode import STORE_POLICY_HYPER, Inode, InodeHeader, hyper_index_entries
 from sheep.proto.oid import vid_to_vdi_oid
 from sheep.proto.placement import Ring
 from sheep.proto.sizes import parse_copies, parse_size
@@ -206,6 +205,11 @@ def c_name(text: str, size: int = SD_MAX_VDI_LEN) -> bytes:
     return text.encode("utf-8", "surrogateescape")[:size - 1]
 
 
+def c_text(text: str, size: int) -> str:
+    """`c_name` as text: what a ``char[size]`` filled by ``pstrcpy`` holds."""
+    return c_name(text, size).decode("utf-8", "surrogateescape")
+
+
 # ---------------------------------------------------------------- the running command
 
 
@@ -337,6 +341,35 @@ def dog_write_object(ctx: Context, req: Request, data: bytes | None) -> bool:
     return True
 
 
+_obj_request = Client.obj_request  # bound early: tests swap ``Client`` for a fake connector
+
+
+def obj_req(opcode: int, oid: int, length: int, offset: int, h: InodeHeader, flags: int = 0,
+            cow_oid: int = 0) -> Request:
+    """An object request carrying the VDI's redundancy, as dog_write_object builds it."""
+    return _obj_request(opcode, oid, length, offset, flags=flags, copies=h.nr_copies,
+                              copy_policy=h.copy_policy, cow_oid=cow_oid)
+
+
+def all_ok(ctx: Context, items: list[tuple[Request, bytes | bytearray | memoryview | None]]
+           ) -> bool:
+    """Pipelined object writes; the first failure is reported as dog_write_object does."""
+    for (req, _), (rsp, _) in zip(items, ctx.client().conn.call_many(items)):
+        if rsp.result != Res.SUCCESS:
+            err(f"Failed to write object {req.args.oid:x}: {SheepError(rsp.result)}")
+            return False
+    return True
+
+
+def vdi_flag(h: InodeHeader, raw: bool = False) -> str:
+    """The list/lock-list flag: ``s`` snapshot, ``c`` clone, else a space (``=`` raw)."""
+    if h.is_snapshot:
+        return "s"
+    if h.snap_id == 1 and h.parent_vdi_id != 0:
+        return "c"
+    return "=" if raw else " "
+
+
 def read_vdi_obj(ctx: Context, name: str, snapid: int = 0, tag: str = "", *,
                  header_only: bool = False) -> tuple[int, Inode] | None:
     """`read_vdi_obj`: resolve and read the inode (DIRECT); None after the error message."""
@@ -413,41 +446,24 @@ def parse_vdi(ctx: Context, with_index: bool, no_deleted: bool = True
 
 
 def index_entries(ctx: Context, inode: Inode) -> Iterator[tuple[int, int]]:
-    """(idx, vid) of every allocated entry below ``count_data_objs``, flat or B-tree.
-
-    Hyper volumes keep a B-tree in the index area (objects.md §3); sheep.proto.inode only
-    models the flat array, so the B-tree is walked here (read-only, depth 1 or 2).
-    """
+    """(idx, vid) of every allocated entry below ``count_data_objs``, flat or B-tree
+    (hyper volumes; their B-tree node objects are read through the target sheep)."""
     h = inode.header
     limit = h.count_data_objs
-    arr = inode.data_vdi_id
     if h.store_policy != STORE_POLICY_HYPER:
         for idx in inode.used_indexes():
             if idx >= limit:
                 break
-            yield idx, arr[idx]
-        return
-    magic, depth = arr[0] & 0xFFFF, arr[0] >> 16
-    entries = arr[1]
-    if magic != INODE_BTREE_MAGIC:
-        return
-    if depth <= 1:
-        for k in range(min(entries, (SD_INODE_DATA_INDEX - 2) // 2)):
-            idx, vid = arr[2 + 2 * k], arr[3 + 2 * k]
-            if vid and idx < limit:
-                yield idx, vid
+            yield idx, inode.data_vdi_id[idx]
         return
     cl = ctx.client()
-    for k in range(min(entries, (SD_INODE_DATA_INDEX - 2) // 4)):
-        oid = arr[4 + 4 * k] | arr[5 + 4 * k] << 32
-        if not oid:
-            continue
-        head = cl.read_object(oid, 0, 8, flags=Flag.CMD_DIRECT)
-        (_m, _d, n) = struct.unpack("<HHI", bytes(head[:8]))
-        body = bytes(cl.read_object(oid, 8, 8 * n, flags=Flag.CMD_DIRECT)) if n else b""
-        for idx, vid in struct.iter_unpack("<II", body):
-            if vid and idx < limit:
-                yield idx, vid
+
+    def read_node(oid: int, offset: int, length: int) -> bytes | bytearray | memoryview:
+        return cl.read_object(oid, offset, length, flags=Flag.CMD_DIRECT)
+
+    for idx, vid in hyper_index_entries(inode.data_vdi_id, read_node):
+        if idx < limit:
+            yield idx, vid
 
 
 def index_get(ctx: Context, inode: Inode, idx: int) -> int:

@@ -6,34 +6,34 @@ verbatim samples of dog.md §8 without a cluster.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sheep.client.api import Client
 from sheep.client.sync import SheepConnectionError, SheepError
 from sheep.proto.constants import (
-    SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_SIZE, Flag, Op,
+    SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE, SD_MAX_VDI_SIZE,
     SD_MAX_VDI_TAG_LEN, Res,
 )
-from sheep.proto.inode import STORE_POLICY_HYPER, Inode, InodeHeader, index_offset
-from sheep.proto.oid import (
-    data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_data_oid, vid_to_vdi_oid,
-)
+from sheep.proto.inode import STORE_POLICY_HYPER, Inode, InodeHeader
+from sheep.proto.oid import data_oid_to_idx, is_data_obj, oid_to_vid, vid_to_vdi_oid
 from sheep.proto.sizes import ec_policy_to_dp, format_copies, strnumber
 
 from .common import (
-    EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit, c_name, c_strtol,
-    cpad, describe_open_failure, dog_read_object, dog_write_object, err, find_vdi,
-    index_entries, index_get, localtime_str, out, parse_copies_opt, parse_shift_opt,
-    parse_size_arg, parse_snapshot_opt, parse_vdi, report_conn_error, show_progress,
+    EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit, c_strtol, c_text, cpad,
+    dog_read_object, err, index_entries, index_get, localtime_str, out, parse_copies_opt,
+    parse_shift_opt, parse_size_arg, parse_snapshot_opt, parse_vdi, report_conn_error, vdi_flag,
+)
+from .vdi_attr import vdi_getattr, vdi_setattr
+from .vdi_backup import vdi_backup, vdi_restore
+from .vdi_check import vdi_check, vdi_track
+from .vdi_family import (
+    OLD_MAX_DATA_OBJS, do_vdi_create, fill_objects, vdi_alter_copy, vdi_clone, vdi_delete,
+    vdi_resize, vdi_rollback, vdi_snapshot,
 )
 from .vdi_io import vdi_read, vdi_write
+from .vdi_lock import vdi_lock
 from .vdi_object import vdi_object
-
-NR_BATCHED_RECLAMATION_DEFAULT = 128
-OLD_MAX_DATA_OBJS = SD_INODE_DATA_INDEX  # 2^20 index entries of a normal (flat) VDI
-PREALLOC_BATCH = 16  # objects created per pipelined round in -P
+from .vdi_tree import vdi_graph, vdi_tree
 
 
 @dataclass
@@ -87,13 +87,13 @@ def parse_option(o: Options, ch: str, arg: str) -> None:
         if snapid:
             o.snapshot_id = snapid
         else:
-            o.snapshot_id, o.snapshot_tag = 0, tag
+            o.snapshot_id, o.snapshot_tag = 0, c_text(tag, SD_MAX_VDI_TAG_LEN)
     elif ch == "c":
         o.nr_copies, o.copy_policy = parse_copies_opt(arg)
     elif ch == "F":
         value, used = c_strtol(arg)
         if not used or used != len(arg):
-            o.from_snapshot_id, o.from_snapshot_tag = 0, arg
+            o.from_snapshot_id, o.from_snapshot_tag = 0, c_text(arg, SD_MAX_VDI_TAG_LEN)
         else:
             o.from_snapshot_id = value
     elif ch == "y":
@@ -137,14 +137,6 @@ def raw_escape(name: str) -> str:
     return "".join("\\" + c if c in _C_SPACE or c == "\\" else c for c in name)
 
 
-def vdi_flag(h: InodeHeader, raw: bool = False) -> str:
-    if h.is_snapshot:
-        return "s"
-    if h.snap_id == 1 and h.parent_vdi_id != 0:
-        return "c"
-    return "=" if raw else " "
-
-
 def vdi_list_row(vid: int, h: InodeHeader, snapid: int, my_objs: int, cow_objs: int,
                  raw: bool = False) -> str:
     """One `print_vdi_list` line (dog.md §4.6)."""
@@ -176,13 +168,6 @@ def vdi_list_json(vid: int, h: InodeHeader, snapid: int, my_objs: int, cow_objs:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _obj_req(opcode: int, oid: int, length: int, offset: int, h: InodeHeader,
-             flags: int = 0):
-    """An object request carrying the VDI's redundancy, as dog_write_object builds it."""
-    return Client.obj_request(opcode, oid, length, offset, flags=flags, copies=h.nr_copies,
-                              copy_policy=h.copy_policy)
 
 
 def inode_stat(ctx: Context, inode: Inode) -> tuple[int, int]:
@@ -279,15 +264,12 @@ def vdi_create(ctx: Context, args: list[str]) -> int:
         # Deviation: dog would insert into the B-tree index; we have no B-tree writer.
         err("Preallocation of hyper volumes is not supported")
         return EXIT_FAILURE
-    cl = ctx.client()
-    try:
-        vid = cl.new_vdi(c_name(name), size, copies=o.nr_copies, copy_policy=o.copy_policy,
-                         store_policy=o.store_policy, block_size_shift=shift).vdi_id
-    except SheepError as e:
-        err(f"Failed to create VDI {name}: {e}")
+    vid = do_vdi_create(ctx, name, size, copies=o.nr_copies, copy_policy=o.copy_policy,
+                        store_policy=o.store_policy, shift=shift)
+    if vid is None:
         return EXIT_FAILURE
     if o.prealloc:
-        ret = _preallocate(ctx, cl, vid, size)
+        ret = _preallocate(ctx, vid)
         if ret != EXIT_SUCCESS:
             return ret
     if ctx.verbose:
@@ -295,110 +277,36 @@ def vdi_create(ctx: Context, args: list[str]) -> int:
     return EXIT_SUCCESS
 
 
-def _all_ok(cl: Client, items: list) -> bool:
-    """Pipelined object writes; the first failure is reported as dog_write_object does."""
-    for (req, _), (rsp, _) in zip(items, cl.conn.call_many(items)):
-        if rsp.result != Res.SUCCESS:
-            err(f"Failed to write object {req.args.oid:x}: {SheepError(rsp.result)}")
-            return False
-    return True
-
-
-def _preallocate(ctx: Context, cl: Client, vid: int, size: int) -> int:
+def _preallocate(ctx: Context, vid: int) -> int:
     """-P: an all-zero object (data_length 0) per index, each followed by its index update."""
-    data = dog_read_object(ctx, vid_to_vdi_oid(vid), SD_INODE_SIZE)
+    data = dog_read_object(ctx, vid_to_vdi_oid(vid), SD_INODE_HEADER_SIZE)
     if data is None:
         err("Failed to read a newly created VDI object")
         return EXIT_FAILURE
-    inode = Inode.decode(data)
-    h = inode.header
-    object_size = h.object_size
-    max_idx = -(-size // object_size)
-    inode_oid = vid_to_vdi_oid(vid)
-    vid_bytes = vid.to_bytes(4, "little")
-    for base in range(0, max_idx, PREALLOC_BATCH):
-        idxs = range(base, min(max_idx, base + PREALLOC_BATCH))
-        show_progress(base * object_size, h.vdi_size)
-        creates = [(_obj_req(Op.CREATE_AND_WRITE_OBJ, vid_to_data_oid(vid, i), 0, 0, h,
-                             Flag.CMD_DIRECT), None) for i in idxs]
-        if not _all_ok(cl, creates):
-            return EXIT_FAILURE
-        updates = [(_obj_req(Op.WRITE_OBJ, inode_oid, 4, index_offset(i), h, Flag.CMD_DIRECT),
-                    vid_bytes) for i in idxs]
-        if not _all_ok(cl, updates):
-            return EXIT_FAILURE
-        for i in idxs:
-            inode.set_vid(i, vid)
-    show_progress(max_idx * object_size, h.vdi_size)
-    return EXIT_SUCCESS
-
-
-# ---------------------------------------------------------------- delete
-
-
-def vdi_delete(ctx: Context, args: list[str]) -> int:
-    """Delete as dog does (objects.md §6.6), with meaningful exit codes.
-
-    Deviation from sheep 1.0's dog, which always exits 0: "No VDI found" exits 5
-    (EXIT_MISSING) and any other failure exits 1 (dog.md §4.4, "intended codes").
-    """
-    o = ctx.opts
-    return do_vdi_delete(ctx, args[0], o.snapshot_id, o.snapshot_tag)
-
-
-def _missing_or_failure(result: int) -> int:
-    return EXIT_MISSING if result == Res.NO_VDI else EXIT_FAILURE
-
-
-def do_vdi_delete(ctx: Context, name: str, snapid: int, tag: str) -> int:
-    o = ctx.opts
-    batch = o.nr_batched_reclamation or NR_BATCHED_RECLAMATION_DEFAULT
-    result, vid = find_vdi(ctx, name, snapid, tag)
-    if result != Res.SUCCESS:
-        err(describe_open_failure(name, snapid, tag, result))
-        return _missing_or_failure(result)
-    cl = ctx.client()
-    inode_oid = vid_to_vdi_oid(vid)
-    data = dog_read_object(ctx, inode_oid, SD_INODE_SIZE, direct=False)
-    if data is None:
-        err(f"failed to read inode object: {inode_oid:016x}")
-        return EXIT_FAILURE
-    inode = Inode.decode(data)
-    h = inode.header
-    # Hyper volumes keep a B-tree in the index area; the server releases their objects on
-    # DEL_VDI, so only flat indexes are zeroed here.
-    if h.store_policy != STORE_POLICY_HYPER:
-        nr_objs = min(h.count_data_objs, SD_INODE_DATA_INDEX)
-        used = [i for i in inode.used_indexes() if i < nr_objs] if nr_objs else []
-        if o.nr_max_reclaim:
-            used = used[:o.nr_max_reclaim]
-        for k in range(0, len(used), batch):
-            chunk = used[k:k + batch]
-            start, stop = chunk[0], chunk[-1] + 1
-            for i in chunk:
-                inode.set_vid(i, 0)
-            req = _obj_req(Op.WRITE_OBJ, inode_oid, 4 * (stop - start), index_offset(start), h,
-                           Flag.CMD_DIRECT)
-            if not dog_write_object(ctx, req, inode.index_bytes(start, stop)):
-                err(f"failed to update inode for discarding objects: {inode_oid:016x}")
-                return EXIT_FAILURE
-            if o.reclamation_interval and k + batch < len(used):
-                time.sleep(o.reclamation_interval)
-    if o.nr_max_reclaim:
-        return EXIT_SUCCESS
-    try:
-        cl.del_vdi(c_name(name), c_name(tag, SD_MAX_VDI_TAG_LEN), snapid)
-    except SheepError as e:
-        err(f"Failed to delete {name}: {e}")
-        return _missing_or_failure(e.result)
-    return EXIT_SUCCESS
+    h = InodeHeader.decode(data)
+    ok = fill_objects(ctx, vid, h, range(h.count_data_objs), lambda idx: None)
+    return EXIT_SUCCESS if ok else EXIT_FAILURE
 
 
 HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
+    "check": vdi_check,
     "create": vdi_create,
+    "snapshot": vdi_snapshot,
+    "clone": vdi_clone,
     "delete": vdi_delete,
+    "rollback": vdi_rollback,
     "list": vdi_list,
+    "tree": vdi_tree,
+    "graph": vdi_graph,
+    "object": vdi_object,
+    "track": vdi_track,
+    "setattr": vdi_setattr,
+    "getattr": vdi_getattr,
+    "resize": vdi_resize,
     "read": vdi_read,
     "write": vdi_write,
-    "object": vdi_object,
+    "backup": vdi_backup,
+    "restore": vdi_restore,
+    "alter-copy": vdi_alter_copy,
+    "lock": vdi_lock,
 }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-from ..proto.constants import GATEWAY_TO_PEER, SD_SHEEP_PROTO_VER, Flag, Op, Res
+from ..proto.constants import GATEWAY_TO_PEER, SD_SHEEP_PROTO_VER, ClusterFlag, Flag, Op, Res
 from ..proto.header import ObjArgs, Request, Response
 from ..proto.oid import is_data_obj, object_size, oid_to_vid
 from ..proto.structs import SdNode
@@ -122,6 +122,9 @@ async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
     """CREATE_AND_WRITE / WRITE / REMOVE / DECREF on every replica; SUCCESS only if all
     succeeded.  ``args`` replaces the object union (DECREF carries a `RefArgs`)."""
     copies = obj_copies(node, oid, copies)
+    if (node.flags & ClusterFlag.STRICT and opcode in (Op.CREATE_AND_WRITE_OBJ, Op.WRITE_OBJ)
+            and node.ring.nr_zones < copies):
+        return Reply(Res.HALT)  # strict mode: no write with fewer zones than copies
     has_payload = len(data) > 0 and opcode not in (Op.REMOVE_OBJ, Op.DECREF_OBJ)
     wflags = (flags | Flag.CMD_WRITE) if has_payload else (flags & ~Flag.CMD_WRITE)
 

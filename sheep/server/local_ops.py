@@ -8,11 +8,12 @@ import hashlib
 import logging
 import struct
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..proto.constants import (
     CLUSTER_INFO_SIZE, EPOCH_LOG_SIZE, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_DEFAULT_COPIES, SD_NODE_SIZE,
-    VDI_BITMAP_SIZE, Flag, Op, Res, Status,
+    VDI_BITMAP_SIZE, ClusterFlag, Flag, Op, Res, Status,
 )
 from ..proto.header import ClusterDefaultRsp, HashRsp, NodeRsp, ObjArgs, RefArgs, Request, Response
 from ..proto.oid import (
@@ -349,6 +350,21 @@ async def set_recovery(node: "Node", req: Request, payload: bytes) -> Reply:
     return Reply(Res.SUCCESS)
 
 
+async def set_vnodes(node: "Node", req: Request, payload: bytes) -> Reply:
+    """Fixed-vnodes clusters only: change this node's vnode count (an epoch bump)."""
+    if node.opts.gateway:
+        return Reply(Res.GATEWAY_MODE)
+    if node.flags & ClusterFlag.AUTO_VNODES:
+        return Reply(Res.INVALID_VNODES_STRATEGY)
+    if len(payload) < 4:
+        return Reply(Res.INVALID_PARMS)
+    (count,) = struct.unpack_from("<i", payload)
+    if not 1 <= count <= 65535:
+        return Reply(Res.INVALID_PARMS)
+    await node.driver.update_node(replace(node.me, nr_vnodes=count).encode())
+    return Reply(Res.SUCCESS)
+
+
 async def get_vnodes(node: "Node", req: Request, payload: bytes) -> Reply:
     return Reply(Res.SUCCESS, struct.pack("<i", node.me.nr_vnodes))
 
@@ -407,6 +423,34 @@ async def recover_main(node: "Node", req: Request, rsp: Response, data: bytes, s
 async def complete_recovery_main(node: "Node", req: Request, rsp: Response, data: bytes,
                                  sender: SdNode) -> None:
     await node.recovery.completed_by(req.args.tgt_epoch, SdNode.decode(bytes(data)).nid)
+
+
+async def force_recover_work(node: "Node", req: Request, payload: bytes) -> Reply:
+    """Only a waiting cluster can be forced; the reply names the last epoch's nodes."""
+    if node.status != Status.WAIT or not node.ctime:
+        return Reply(Res.FORCE_RECOVER)
+    data = encode_nodes(node.wait_nodes)
+    if len(data) > req.data_length:
+        return Reply(Res.BUFFER_SMALL)
+    return Reply(Res.SUCCESS, data)
+
+
+async def force_recover_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
+    """End WAIT with whoever is present: a new epoch, then recovery."""
+    if node.status != Status.WAIT:
+        return
+    await node.force_recover()
+
+
+async def reweight_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
+    """Every node re-measures its store; a change of 1 % or more updates its weight."""
+    if node.opts.gateway:
+        return
+    space = await node.io(lambda: node.store.free_bytes() + node.store.used_bytes())
+    if abs(space - node.space) * 100 >= max(node.space, 1):
+        node.space = space
+        await node.io(node.save_config)
+        node.spawn(node.driver.update_node, replace(node.me, space=space).encode())
 
 
 async def alter_cluster_copy_work(node: "Node", req: Request, payload: bytes) -> Reply:

@@ -221,6 +221,15 @@ class Node:
                 log.info("all nodes of epoch %d are back, cluster is running", self.epoch)
         self.epoch_changed()
 
+    async def force_recover(self) -> None:
+        """FORCE_RECOVER main step: the members present now form a new epoch."""
+        self.recovery.kick()
+        self._set_members(self.members)
+        await self._log_epoch()
+        self.status = Status.OK
+        self.epoch_changed()
+        log.info("cluster force-recovered at epoch %d with %d nodes", self.epoch, len(self.members))
+
     # ------------------------------------------------------------------ ClusterHandler
     def join_check(self, joiner: Member, opaque: bytes) -> tuple[bool, bytes]:
         theirs = decode_cinfo(opaque)
@@ -287,6 +296,17 @@ class Node:
 
     async def on_leave(self, left: Member, members: list[Member]) -> None:
         log.info("%s left (%d members remain)", SdNode.decode(left.node).nid.log_str(), len(members))
+        nodes = [SdNode.decode(m.node) for m in members]
+        if self.opts.gateway and nodes and all(n.nr_vnodes == 0 for n in nodes):
+            log.error("only gateway nodes are remaining, exiting")
+            self.shutdown_event.set()
+        await self._membership_changed(nodes)
+
+    async def on_update(self, member: Member, members: list[Member]) -> None:
+        node = SdNode.decode(member.node)
+        log.info("%s changed: space %d, %d vnodes", node.nid.log_str(), node.space, node.nr_vnodes)
+        if node.nid == self.me.nid:
+            self.me = node
         await self._membership_changed([SdNode.decode(m.node) for m in members])
 
     async def on_notify(self, sender: Member, data: bytes) -> None:

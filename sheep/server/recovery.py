@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..proto.constants import SD_SHEEP_PROTO_VER, Flag, Op, Res
+from ..proto.constants import SD_SHEEP_PROTO_VER, ClusterFlag, Flag, Op, Res
 from ..proto.header import ObjArgs, Request, Response
 from ..proto.structs import NodeId, RecoveryState
 from . import gateway
@@ -205,6 +205,9 @@ class Recovery:
         async with node.object_lock(oid):
             if await node.io(node.store.exists, oid):
                 return True
+            if node.flags & ClusterFlag.AVOID_DISKFULL and await node.io(node.store.free_bytes) < 2 * size:
+                log.error("%016x not recovered: the disk would fill up (format -F)", oid)
+                return False
             stale = await node.io(node.store.stale_versions, oid)
             for attempt in range(RETRIES):
                 for src in sources:

@@ -96,7 +96,8 @@ class Connection:
 
     async def _release_locks(self) -> None:
         """The client is gone: its connection-bound locks go with it."""
-        for vid in sorted(self.locks):
+        for taken in sorted(self.locks):
+            vid = self.node.vdis.lock_holder(taken)
             log.info("%s closed: releasing its lock on %x", self.peer, vid)
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await dispatch(self.node, Request(Op.RELEASE_VDI, args=VdiArgs(base_vdi_id=vid)), b"")

@@ -233,14 +233,18 @@ async def notify_vdi_add_main(node: "Node", req: Request, rsp: Response, data: b
                                       block_size_shift=a.block_size_shift, parent_vid=a.old_vid))
     if old is not None and old.lock_state != LOCK_UNLOCKED:
         # the lock follows the working VDI, so the opener's RELEASE of the new vid frees it
-        new = node.vdis.entries[a.new_vid]
-        new.lock_state, new.lock_owner = old.lock_state, old.lock_owner
-        old.lock_state, old.lock_owner = LOCK_UNLOCKED, None
+        node.vdis.move_lock(a.old_vid, a.new_vid)
 
 
 async def new_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
-    if rsp.result == Res.SUCCESS:
-        node.vdis.inuse.set(rsp.args.vdi_id)
+    if rsp.result != Res.SUCCESS:
+        return
+    new_vid = rsp.args.vdi_id
+    node.vdis.inuse.set(new_vid)
+    held = node.vdis.handover.pop(bytes(data[:256]), None)
+    if held is not None and req.args.snapid == 0 and req.args.base_vdi_id:
+        # a branch replacing the deleted locked working VDI (QEMU's goto) keeps its lock
+        node.vdis.move_lock(held, new_vid)
 
 
 # ---------------------------------------------------------------------------- DEL_VDI
@@ -278,7 +282,10 @@ async def del_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, s
     entry = node.vdis.entries.get(vid)
     if entry is not None:
         entry.deleted = True
-        entry.lock_state, entry.lock_owner = LOCK_UNLOCKED, None
+        if entry.lock_state != LOCK_UNLOCKED and not entry.snapshot:
+            node.vdis.handover[bytes(data[:256])] = vid  # see new_vdi_main
+        else:
+            entry.lock_state, entry.lock_owner = LOCK_UNLOCKED, None
 
 
 # ---------------------------------------------------------------------------- state exchange

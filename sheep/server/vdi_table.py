@@ -82,11 +82,32 @@ class VdiTable:
         self.inuse = Bitmap()
         self.deleted = Bitmap()
         self.entries: dict[int, VdiEntry] = {}
+        self.moved_locks: dict[int, int] = {}  # old vid -> vid its lock moved to
+        self.handover: dict[bytes, int] = {}  # name -> deleted locked working vid (see DEL_VDI)
 
     def reset(self) -> None:
         self.inuse.reset()
         self.deleted.reset()
         self.entries.clear()
+        self.moved_locks.clear()
+        self.handover.clear()
+
+    def move_lock(self, old_vid: int, new_vid: int) -> None:
+        """The lock of ``old_vid`` now protects ``new_vid`` (same owner)."""
+        old, new = self.entries.get(old_vid), self.entries.get(new_vid)
+        if old is None or new is None:
+            return
+        new.lock_state, new.lock_owner = old.lock_state, old.lock_owner
+        old.lock_state, old.lock_owner = LOCK_UNLOCKED, None
+        self.moved_locks[old_vid] = new_vid
+
+    def lock_holder(self, vid: int) -> int:
+        """Where a lock taken on ``vid`` lives now (after snapshots and branches)."""
+        seen = set()
+        while vid in self.moved_locks and vid not in seen:
+            seen.add(vid)
+            vid = self.moved_locks[vid]
+        return vid
 
     def copies(self, vid: int, default: int) -> int:
         e = self.entries.get(vid)

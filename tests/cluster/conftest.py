@@ -1,7 +1,11 @@
 """Cluster fixtures: every test gets its own cluster, torn down by pid."""
 from __future__ import annotations
 
+import time
+
 import pytest
+
+from sheep.proto.constants import ClusterFlag
 
 from .harness import DOG, SHEEP, Cluster, free_ports, pid_gone  # noqa: F401  (re-exported for tests)
 
@@ -25,4 +29,15 @@ def cluster(make_cluster) -> Cluster:
     """Three formatted nodes (copies=3)."""
     c = make_cluster(3)
     c.format(3)
+    return c
+
+
+@pytest.fixture
+def lock_cluster(make_cluster) -> Cluster:
+    """Three nodes formatted with USE_LOCK (`dog cluster format --lock`), copies=3."""
+    c = make_cluster(3)
+    t = time.time()
+    with c.client() as cl:
+        cl.make_fs(3, 0, ClusterFlag.AUTO_VNODES | ClusterFlag.USE_LOCK,
+                   (int(t) << 32) | (int(t % 1 * 1e6) * 1000))
     return c

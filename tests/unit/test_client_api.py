@@ -404,3 +404,43 @@ def test_volume_bounds_readonly_and_flags():
         with pytest.raises(NotImplementedError):
             Volume(c, hyper)
     peer.join()
+
+
+def test_volume_qemu_style_passes_and_index_range():
+    """send_writes reports what was written and what is left; update_index_range writes
+    ONE range min..max from memory (QEMU's sd_write_done)."""
+    peer = FakeSheep()
+    peer.fail.add(vid_to_data_oid(ME, 3))
+    with Client("127.0.0.1", peer.port) as c:
+        vol = make_volume(peer, c, {1: PARENT, 2: ME, 3: PARENT}, window=1)
+        data = memoryview(bytes(5 * OBJ))
+        result = vol.send_writes(list(vol.chunks(0, 5 * OBJ)), data)
+        assert result.error == Res.EIO
+        assert sorted(result.done) == [(0, 0), (1, PARENT), (2, ME)]
+        assert [c_[0] for c_ in result.left] == [3, 4]  # the failure, then what was never sent
+        assert vol.inode.get_vid(0) == 0  # memory follows only the index write
+        assert not [s for s in peer.seen if s.oid == vid_to_vdi_oid(ME)]
+        vol.update_index_range({0: ME, 1: ME})
+        vol.update_index_range({0: ME, 4: ME})  # 1..3 rewritten from memory
+        writes = [(s.offset, s.payload) for s in peer.seen if s.oid == vid_to_vdi_oid(ME)]
+        assert writes == [(4664, struct.pack("<2I", ME, ME)),
+                          (4664, struct.pack("<5I", ME, ME, ME, PARENT, ME))]
+        assert [vol.inode.get_vid(i) for i in range(5)] == [ME, ME, ME, PARENT, ME]
+    peer.join()
+
+
+def test_lock_flags_and_release_payload():
+    got: list[tuple[Request, bytes]] = []
+
+    def handler(req, payload):
+        got.append((req, payload))
+        return Res.SUCCESS, b"", VdiRsp(vdi_id=0xABC)
+
+    peer = FakeSheep(handler)
+    with Client("127.0.0.1", peer.port) as c:
+        c.lock_vdi("Bob", flags=0x0800)
+        c.release_vdi(0xABC, name="Bob")
+    peer.join()
+    (lock, _), (rel, payload) = got
+    assert lock.flags == Flag.CMD_WRITE | 0x0800
+    assert rel.flags == Flag.CMD_WRITE and rel.data_length == 4 and payload == b"Bob\0"

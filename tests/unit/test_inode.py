@@ -9,7 +9,9 @@ from hypothesis import given, settings, strategies as st
 
 from sheep.proto.constants import SD_INODE_DATA_INDEX, SD_INODE_SIZE
 from sheep.proto.inode import (
-    DATA_VDI_ID_OFFSET, GREF_OFFSET, Inode, InodeHeader, gref_offset, index_offset, index_range,
+    BTREE_HEADER, BTREE_INDEX, BTREE_INDIRECT, DATA_VDI_ID_OFFSET, GREF_OFFSET, INODE_BTREE_MAGIC,
+    Inode, InodeHeader, btree_leaf_entries, gref_offset, hyper_index_entries, index_offset,
+    index_range,
 )
 from sheep.proto.structs import pad
 
@@ -169,3 +171,39 @@ def test_inode_round_trip(hdr: InodeHeader, entries: dict[int, tuple[int, int, i
     for idx, (vid, gen, count) in entries.items():
         assert struct.unpack_from("<I", enc, index_offset(idx))[0] == vid
         assert struct.unpack_from("<ii", enc, gref_offset(idx)) == (gen, count)
+
+
+def _root(raw: bytes) -> Inode:
+    """A hyper volume whose data_vdi_id area starts with ``raw`` (the B-tree root)."""
+    return Inode.decode(InodeHeader(store_policy=1).encode() + raw)
+
+
+def _leaf(entries: list[tuple[int, int]], depth: int = 1) -> bytes:
+    return BTREE_HEADER.pack(INODE_BTREE_MAGIC, depth, len(entries)) + \
+        b"".join(BTREE_INDEX.pack(i, v) for i, v in entries)
+
+
+def test_btree_depth_one() -> None:
+    ino = _root(_leaf([(0, 0xA), (5, 0), (9, 0xB)]))
+    assert list(hyper_index_entries(ino.data_vdi_id, lambda *a: pytest.fail("no I/O"))) == \
+        [(0, 0xA), (9, 0xB)]
+    assert list(btree_leaf_entries(_leaf([(3, 7)]))) == [(3, 7)]
+    assert list(hyper_index_entries(Inode().data_vdi_id, lambda *a: b"")) == []  # no magic
+
+
+def test_btree_depth_two_reads_nodes() -> None:
+    nodes = {0x1015D16700000001: _leaf([(0, 0xA), (1, 0xA)]),
+             0x1015D16700000002: _leaf([(600000, 0xC)])}
+    root = BTREE_HEADER.pack(INODE_BTREE_MAGIC, 2, 3) + b"".join(
+        BTREE_INDIRECT.pack(m, 0, oid) for m, oid in
+        ((1, 0x1015D16700000001), (7, 0), (600000, 0x1015D16700000002)))
+    reads = []
+
+    def read(oid: int, offset: int, length: int) -> bytes:
+        reads.append((oid, offset, length))
+        return nodes[oid][offset:offset + length]
+
+    assert list(hyper_index_entries(_root(root).data_vdi_id, read)) == \
+        [(0, 0xA), (1, 0xA), (600000, 0xC)]
+    assert reads == [(0x1015D16700000001, 0, 8), (0x1015D16700000001, 8, 16),
+                     (0x1015D16700000002, 0, 8), (0x1015D16700000002, 8, 8)]

@@ -36,6 +36,9 @@ class ClusterHandler(Protocol):
     async def on_leave(self, left: Member, members: list[Member]) -> None:
         """``left`` is gone (clean exit or crash); ``members`` is what remains."""
 
+    async def on_update(self, member: Member, members: list[Member]) -> None:
+        """``member`` changed its sd_node (weight or vnodes): a membership change."""
+
     async def on_notify(self, sender: Member, data: bytes) -> None:
         """A broadcast, delivered to every member in the same total order."""
 
@@ -56,6 +59,9 @@ class ClusterDriver(Protocol):
     def exclusive(self):
         """Async context manager: a cluster-wide mutex held while a cluster op does its
         work step, with every earlier event already processed locally."""
+
+    async def update_node(self, node: bytes) -> None:
+        """Announce that this node's sd_node changed."""
 
     async def leave(self) -> None:
         """Leave cleanly (others see a leave event at once)."""

@@ -242,6 +242,11 @@ class LocalDriver:
                 self.members = [m for m in self.members if m.uid != uid]
                 if uid != self.uid:
                     await self._handler.on_leave(gone[0], list(self.members))
+        elif kind == "update":
+            idx = next((i for i, m in enumerate(self.members) if m.uid == uid), None)
+            if idx is not None:
+                self.members[idx] = Member(uid, bytes.fromhex(meta["node"]))
+                await self._handler.on_update(self.members[idx], list(self.members))
         elif kind == "notify":
             sender = next((m for m in self.members if m.uid == uid), None)
             if sender is not None:
@@ -377,6 +382,17 @@ class LocalDriver:
         """Process every event already in the log (read-your-writes across nodes)."""
         if self._joined and not self._left:
             await self._catch_up()
+
+    async def update_node(self, node: bytes) -> None:
+        """Our sd_node changed (weight, vnodes): every member sees it in order."""
+        async with self._flocked("log.lock", self._append_tlock):
+            await self._catch_up()
+            state = await trio.to_thread.run_sync(self._read_state)
+            members = [Member(m.uid, node) if m.uid == self.uid else m
+                       for m in map(_member_from_json, state["members"])]
+            await trio.to_thread.run_sync(self._append_and_state, encode_record(
+                {"t": "update", "uid": self.uid, "node": node.hex()}), members)
+        await self._catch_up()
 
     async def notify(self, data: bytes) -> None:
         async with self._flocked("log.lock", self._append_tlock):
