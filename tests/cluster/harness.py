@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sheep.client.api import Client
 from sheep.proto.constants import ClusterFlag
+from sheep.proto.placement import Ring
 from sheep.client.sync import SheepConnectionError
 
 BIN = Path(sys.executable).parent
@@ -111,6 +112,34 @@ class Cluster:
             s.start()
         self.wait_members(len(self.nodes))
         return self
+
+    def holdings(self) -> dict[int, set[int]]:
+        """oid -> ports of the live nodes that store it in obj/."""
+        held: dict[int, set[int]] = {}
+        for s in self.alive():
+            for name in os.listdir(s.store / "obj"):
+                if len(name) == 16:
+                    held.setdefault(int(name, 16), set()).add(s.port)
+        return held
+
+    def misplaced(self, copies: int = 3) -> list[int]:
+        """Objects not stored exactly on the nodes placement names."""
+        with Client("127.0.0.1", self.alive()[0].port) as c:
+            ring = Ring(c.get_node_list())
+        return [oid for oid, ports in self.holdings().items()
+                if ports != {n.nid.port for n in ring.oid_to_nodes(oid, copies)}]
+
+    def stale_count(self) -> int:
+        return sum(len(os.listdir(s.store / "obj" / ".stale")) for s in self.alive())
+
+    def wait_redundant(self, timeout: float = 60, copies: int = 3) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.misplaced(copies) and self.stale_count() == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not redundant: {len(self.misplaced(copies))} misplaced, "
+                             f"{self.stale_count()} stale")
 
     def client(self, i: int = 0) -> Client:
         return Client("127.0.0.1", self.nodes[i].port)

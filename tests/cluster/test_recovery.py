@@ -13,39 +13,8 @@ import pytest
 
 from sheep.client.volume import Volume
 from sheep.proto.oid import is_data_obj
-from sheep.proto.placement import Ring
 
 from .harness import Cluster
-
-
-def holdings(cluster: Cluster) -> dict[int, set[int]]:
-    """oid -> ports of the live nodes that store it in obj/."""
-    held: dict[int, set[int]] = {}
-    for s in cluster.alive():
-        for name in os.listdir(s.store / "obj"):
-            if len(name) == 16:
-                held.setdefault(int(name, 16), set()).add(s.port)
-    return held
-
-
-def misplaced(cluster: Cluster, copies: int = 3) -> list[int]:
-    with cluster.client(cluster.nodes.index(cluster.alive()[0])) as c:
-        ring = Ring(c.get_node_list())
-    return [oid for oid, ports in holdings(cluster).items()
-            if ports != {n.nid.port for n in ring.oid_to_nodes(oid, copies)}]
-
-
-def stale_count(cluster: Cluster) -> int:
-    return sum(len(os.listdir(s.store / "obj" / ".stale")) for s in cluster.alive())
-
-
-def wait_redundant(cluster: Cluster, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not misplaced(cluster) and stale_count(cluster) == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not redundant: {len(misplaced(cluster))} misplaced, {stale_count(cluster)} stale")
 
 
 def write_volume(cluster: Cluster, name: str, size: int, via: int = 0) -> bytes:
@@ -73,8 +42,8 @@ def test_lost_node_redundancy_restored(four):
     data = write_volume(four, "A", 64 << 20)
     four.nodes[1].kill9()
     four.wait_members(3)
-    wait_redundant(four)
-    assert all(len(ports) == 3 for ports in holdings(four).values())
+    four.wait_redundant()
+    assert all(len(ports) == 3 for ports in four.holdings().values())
     assert read_volume(four, "A", 2) == data
 
 
@@ -93,7 +62,7 @@ def test_added_node_takes_its_share(make_cluster):
             vol.write(i << 22, i.to_bytes(4, "little") * 1024)
     c.nodes[3].start()
     c.wait_members(4)
-    wait_redundant(c)  # exactly where placement says, and no stale copy left anywhere
+    c.wait_redundant()  # exactly where placement says, and no stale copy left anywhere
     counts = [sum(1 for n in os.listdir(s.store / "obj") if len(n) == 16 and is_data_obj(int(n, 16)))
               for s in c.nodes]
     assert sum(counts) == 3 * nobj
@@ -126,7 +95,7 @@ def test_shutdown_and_cold_restart_in_random_order(four):
             ci = c.cluster_info()
             assert (ci.status, ci.epoch) == (1, epoch)
     assert read_volume(four, "A", 1) == data
-    assert not misplaced(four)
+    assert not four.misplaced()
 
 
 def test_crash_of_every_node_then_restart(four):
@@ -190,7 +159,7 @@ def test_kill9_rounds_under_continuous_writes(four):
         stop.set()
         t.join(60)
     assert not errors, errors
-    wait_redundant(four)
+    four.wait_redundant()
     with four.client(2) as c:
         vol = Volume(c, c.read_inode(c.get_vdi_info("W").vdi_id))
         bad = [off for off, d in acked.items() if vol.read(off, len(d)) != d]
