@@ -13,7 +13,9 @@ from sheep.client.sync import SheepConnectionError, SheepError
 from sheep.proto.constants import Flag, Op, Res
 from sheep.proto.header import Request
 from sheep.proto.inode import Inode
-from sheep.proto.oid import object_size, vid_to_data_oid, vid_to_vdi_oid
+from sheep.proto.oid import (
+    data_oid_to_idx, is_data_obj, object_size, vid_to_data_oid, vid_to_vdi_oid,
+)
 from sheep.proto.placement import Ring
 from sheep.proto.structs import EpochLog, SdNode
 
@@ -124,22 +126,19 @@ class Replica:
     digest: bytes | None
 
 
-def vote_majority(replicas: list[Replica]) -> Replica | None | bool:
-    """Boyer-Moore majority vote over the live replicas (`vote_majority_object`).
-
-    The majority replica; None when no replica exists; False when there is no majority.
-    """
+def vote_majority(replicas: list[Replica]) -> Replica | None:
+    """The replica a strict majority of the live replicas agree with, else None
+    (Boyer-Moore vote, `vote_majority_object`)."""
     live = [r for r in replicas if r.digest is not None]
     majority, count = None, 0
     for r in live:
         if count == 0:
             majority = r
         count += 1 if r.digest == majority.digest else -1
-    if majority is None:
-        return None
-    if sum(r.digest == majority.digest for r in live) > len(live) // 2:
+    if majority is not None and \
+            sum(r.digest == majority.digest for r in live) > len(live) // 2:
         return majority
-    return False
+    return None
 
 
 def _hashes(ctx: Context, oids: list[int], copies: int) -> dict[int, list[Replica]]:
@@ -188,10 +187,10 @@ def repair_replica(ctx: Context, oid: int, src: SdNode, dst: SdNode, shift: int)
 def _check_object(ctx: Context, oid: int, replicas: list[Replica], shift: int) -> None:
     majority = vote_majority(replicas)
     if majority is None:
-        err(f"no node has {oid:016x}")
-        return
-    if majority is False:
-        err(f"no majority of {oid:016x}")
+        if all(r.digest is None for r in replicas):
+            err(f"no node has {oid:016x}")
+        else:
+            err(f"no majority of {oid:016x}")
         return
     for r in replicas:
         if r is majority or r.digest == majority.digest:
@@ -219,7 +218,9 @@ def check_repair(ctx: Context, inode: Inode) -> int:
     def flush() -> None:
         for oid, replicas in _hashes(ctx, batch, copies).items():
             _check_object(ctx, oid, replicas, h.block_size_shift)
-        show_progress(min((oid & 0xFFFFFFFF) * objsize, h.vdi_size), h.vdi_size)
+        last = batch[-1]
+        done = (data_oid_to_idx(last) + 1) * objsize if is_data_obj(last) else 0
+        show_progress(min(done, h.vdi_size), h.vdi_size)
 
     show_progress(0, h.vdi_size)
     for oid in _vdi_oids(ctx, inode):

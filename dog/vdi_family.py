@@ -24,6 +24,7 @@ from .common import (
     confirm, describe_open_failure, dog_read_object, dog_write_object, err, find_vdi, obj_req,
     out, parse_size_arg, read_vdi_obj, send_light_req, show_progress,
 )
+from .vdi_tree import is_vdi_standalone
 
 NR_BATCHED_RECLAMATION_DEFAULT = 128
 OLD_MAX_DATA_OBJS = SD_INODE_DATA_INDEX  # 2^20 index entries of a normal (flat) VDI
@@ -327,8 +328,6 @@ def vdi_alter_copy(ctx: Context, args: list[str]) -> int:
     Unlike the original, a refused ALTER_VDI_COPY puts the old header back, so a server
     without the operation is left exactly as it was.
     """
-    from .vdi_tree import is_vdi_standalone  # the tree module is only needed here
-
     o, name = ctx.opts, args[0]
     if o.copy_policy:
         err("Changing redundancy level of erasure coded vdi is not supported yet.")

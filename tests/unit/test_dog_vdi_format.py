@@ -208,7 +208,8 @@ def test_vote_majority():
     assert vote_majority([Replica(a, good), Replica(b, bad), Replica(c, good)]).digest == good
     assert vote_majority([Replica(a, bad), Replica(b, good), Replica(c, good)]).digest == good
     assert vote_majority([Replica(a, good), Replica(b, None), Replica(c, None)]).node == a
-    assert vote_majority([Replica(a, good), Replica(b, bad), Replica(c, None)]) is False
+    assert vote_majority([Replica(a, good), Replica(b, bad), Replica(c, None)]) is None
+    assert vote_majority([Replica(a, good), Replica(b, bad), Replica(c, bad)]).digest == bad
 
 
 # ---------------------------------------------------------------- backup stream

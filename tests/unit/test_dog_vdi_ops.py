@@ -34,6 +34,7 @@ class FakeConn(Connection):
         self.objects: dict[int, bytearray] = {}
         self.vdis: dict[int, str] = {}  # vid -> name of live VDIs
         self.deleted: set[int] = set()
+        self.snapshots: set[int] = set()
         self.next_vid = 0x15D167
         self.log: list[tuple[Request, bytes]] = []
         self.opened: list[tuple[str, int]] = []  # (host, port) of every Client dog created
@@ -63,7 +64,8 @@ class FakeConn(Connection):
         return [self.call(r, p) for r, p in items]
 
     def _vid_of(self, name: str) -> int | None:
-        return next((v for v, n in self.vdis.items() if n == name and v not in self.deleted), None)
+        return next((v for v, n in self.vdis.items()
+                     if n == name and v not in self.deleted and v not in self.snapshots), None)
 
     def _handle(self, req: Request, payload: bytes):
         a = req.args
@@ -90,8 +92,11 @@ class FakeConn(Connection):
             return Res.SUCCESS, bm, None
         if op == Op.NEW_VDI:
             name = cstr(payload[:SD_MAX_VDI_LEN])
-            if self._vid_of(name) is not None:
+            old = self._vid_of(name)
+            if old is not None and not a.snapid:
                 return Res.VDI_EXIST, b"", None
+            if a.snapid:  # snapshot: the working VDI leaves the name lookup
+                self.snapshots.add(old)
             vid, self.next_vid = self.next_vid, self.next_vid + 1
             h = InodeHeader(name=name, create_time=1 << 32, vdi_size=a.vdi_size,
                             copy_policy=a.copy_policy, store_policy=a.store_policy,
@@ -107,6 +112,12 @@ class FakeConn(Connection):
             if op == Op.DEL_VDI:
                 self.deleted.add(vid)
             return Res.SUCCESS, b"", VdiRsp(vdi_id=vid)
+        if op == Op.GET_VDI_ATTR:
+            if self._vid_of(cstr(payload[:SD_MAX_VDI_LEN])) is None:
+                return Res.NO_VDI, b"", None
+            if req.flags & Flag.CMD_EXCL:
+                return Res.VDI_EXIST, b"", None
+            return Res.SUCCESS, b"", VdiRsp(vdi_id=0xABC, attr_id=5)
         if op == Op.MAKE_FS:
             store = payload.rstrip(b"\0")
             return (Res.SUCCESS if store in (b"plain", b"tree") else Res.NO_STORE), b"", None
@@ -363,3 +374,49 @@ def test_node_kill_and_shutdown(sheep):
     assert len(sheep.ops(Op.KILL_NODE)) == 2
     assert dog_("cluster", "shutdown").exit_code == 0
     assert len(sheep.ops(Op.SHUTDOWN)) == 1
+
+
+# ---------------------------------------------------------------- snapshot, rollback, attributes
+
+
+def test_snapshot_writes_the_tag_then_new_vdi(sheep):
+    dog_("vdi", "create", "Alice", "1G")
+    sheep.log.clear()
+    r = dog_("vdi", "snapshot", "-v", "-s", "t1", "Alice")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "new VID of original VDI: 15d168, VDI ID of newly created snapshot: 15d167\n"
+    (tag_write, tag), = sheep.ops(Op.WRITE_OBJ)
+    assert (tag_write.args.oid, tag_write.args.offset, tag_write.data_length) == \
+        (vid_to_vdi_oid(0x15D167), 256, 256)
+    assert tag == b"t1".ljust(256, b"\0") and not tag_write.flags & Flag.CMD_DIRECT
+    (new, _), = sheep.ops(Op.NEW_VDI)
+    a = new.args
+    assert (a.snapid, a.base_vdi_id, a.vdi_size, a.copies, a.block_size_shift) == \
+        (1, 0x15D167, 1 << 30, 3, 22)
+
+
+def test_rollback_declined_changes_nothing(sheep):
+    dog_("vdi", "create", "Alice", "1G")
+    dog_("vdi", "snapshot", "-s", "t1", "Alice")
+    sheep.log.clear()
+    for answer in (None, "no\n", "y\n"):
+        r = dog_("vdi", "rollback", "-s", "t1", "Alice", input=answer)
+        assert r.exit_code == 0 and r.stdout.endswith("Continue? [yes/no]: ")
+    assert {req.opcode for req, _ in sheep.log} == {Op.GET_VDI_INFO, Op.READ_OBJ}
+
+
+def test_setattr_sends_the_whole_attribute(sheep):
+    dog_("vdi", "create", "Alice", "1G")
+    sheep.log.clear()
+    assert dog_("vdi", "setattr", "Alice", "k", "v").exit_code == 0
+    r = dog_("vdi", "setattr", "-x", "Alice", "k", "v")
+    assert (r.exit_code, r.stderr) == (3, "The attribute 'k' already exists\n")
+    r = dog_("vdi", "setattr", "-d", "Nobody", "k")
+    assert (r.exit_code, r.stderr) == (5, "VDI not found\n")
+    (set_, payload), (excl, _), (dele, _) = sheep.ops(Op.GET_VDI_ATTR)
+    assert set_.flags == Flag.CMD_WRITE | 0x100 and set_.data_length == len(payload) == 66320
+    assert excl.flags == Flag.CMD_WRITE | 0x100 | Flag.CMD_EXCL
+    assert dele.flags == Flag.CMD_WRITE | Flag.CMD_DEL
+    assert payload[:6] == b"Alice\0" and payload[528:530] == b"k\0"  # name, key
+    assert struct.unpack_from("<II", payload, 520) == (0, 1)  # snap_id, value_len
+    assert payload[784:786] == b"v\0"
