@@ -49,13 +49,6 @@ async def _store_call(node: "Node", fn, *args) -> Reply:
     return Reply(Res.SUCCESS, out if out is not None else b"")
 
 
-async def _recovered(node: "Node", req: Request) -> bool:
-    """Recover the object first if it is still due here.  False if the epoch moved on while
-    we waited: the gateway must then retry with the new placement."""
-    await node.recovery.recover_now(req.args.oid)
-    return req.epoch >= node.epoch
-
-
 async def peer_read(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if node.opts.gateway:
@@ -63,11 +56,7 @@ async def peer_read(node: "Node", req: Request, payload: bytes) -> Reply:
     if a.offset + req.data_length > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
     if req.flags & Flag.CMD_RECOVERY:
-        # a recovering node reads from us once we are at its epoch: older writes have landed
-        await node.wait_epoch_at_least(req.epoch, 5.0)
         return await _store_call(node, lambda: node.store.read(a.oid, a.offset, req.data_length, stale_ok=True))
-    if not await _recovered(node, req):
-        return Reply(Res.OLD_NODE_VER)
     return await _store_call(node, node.store.read, a.oid, a.offset, req.data_length)
 
 
@@ -75,8 +64,6 @@ async def peer_write(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if a.offset + len(payload) > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
-    if not await _recovered(node, req):
-        return Reply(Res.OLD_NODE_VER)
     return await _store_call(node, node.store.write, a.oid, a.offset, payload)
 
 
@@ -87,8 +74,7 @@ async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> R
     size = _peer_size(node, req)
     if a.offset + len(payload) > size:
         return Reply(Res.INVALID_PARMS)
-    async with node.object_lock(a.oid):  # never interleaved with recovery of the same object
-        return await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size)
+    return await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size)
 
 
 async def peer_remove(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -98,11 +84,10 @@ async def peer_remove(node: "Node", req: Request, payload: bytes) -> Reply:
 async def peer_decref(node: "Node", req: Request, payload: bytes) -> Reply:
     """Apply a ledger decrement locally; the ledger's first owner removes an unreferenced object."""
     a: RefArgs = req.args
-    async with node.object_lock(a.oid):
-        try:
-            emptied = await node.io(reclaim.apply_decref, node.store, a.oid, a.generation, a.count)
-        except StoreError as e:
-            return Reply(e.result)
+    try:  # execute_peer holds the ledger's object lock: read-modify-write is safe
+        emptied = await node.io(reclaim.apply_decref, node.store, a.oid, a.generation, a.count)
+    except StoreError as e:
+        return Reply(e.result)
     if emptied:
         owners = node.ring.oid_to_nodes(a.oid, gateway.obj_copies(node, a.oid))
         if owners and owners[0].nid == node.me.nid:
@@ -285,8 +270,10 @@ async def oids_exist(node: "Node", req: Request, payload: bytes) -> Reply:
 async def get_obj_list(node: "Node", req: Request, payload: bytes) -> Reply:
     """Every object held here, stale copies included; with CMD_DIRECT (our recovery's
     private use of the flag) only the live ones."""
-    live_only = bool(req.flags & Flag.CMD_DIRECT)
-    oids = [] if node.opts.gateway else await node.io(lambda: node.store.list_oids(stale=not live_only))
+    if req.epoch:  # a recovering node: answer once we are at its epoch, older writes landed
+        await node.wait_epoch_at_least(req.epoch, 5.0)
+        await node.drain_older(req.epoch)
+    oids = [] if node.opts.gateway else await node.io(node.store.object_list, req.flags)
     data = struct.pack(f"<{len(oids)}Q", *oids)
     if len(data) > req.data_length:
         return Reply(Res.BUFFER_SMALL)

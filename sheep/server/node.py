@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -101,9 +102,31 @@ class Node:
         self.shutdown_event = trio.Event()
         self.me = SdNode(NodeId.from_host(opts.advertise_addr, opts.port), 0, 0, 0)
         self._object_locks: dict[int, trio.Lock] = {}
+        self._in_flight: dict[int, int] = {}
+        self._drained = trio.Event()
         self.vdi_states_ready = trio.Event()
         from .recovery import Recovery
         self.recovery = Recovery(self)
+
+    @contextmanager
+    def in_flight(self, epoch: int):
+        """Counts peer operations by request epoch (see `drain_older`)."""
+        self._in_flight[epoch] = self._in_flight.get(epoch, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_flight[epoch] -= 1
+            if not self._in_flight[epoch]:
+                del self._in_flight[epoch]
+                self._drained.set()
+                self._drained = trio.Event()
+
+    async def drain_older(self, epoch: int, timeout: float = 10.0) -> None:
+        """Wait until no peer operation of an epoch before ``epoch`` is still running: after
+        that, what this node lists or serves includes every write of older epochs."""
+        with trio.move_on_after(timeout):
+            while any(e < epoch for e in self._in_flight):
+                await self._drained.wait()
 
     def object_lock(self, oid: int) -> trio.Lock:
         """Serializes read-modify-write of one local object (ledgers)."""
@@ -210,6 +233,7 @@ class Node:
         if self.status == Status.OK:
             self.recovery.kick()  # before the epoch moves: requests at the new epoch must wait for it
             await self._log_epoch()
+            await self.recovery.mark_stale(self.epoch)
         elif self.status == Status.WAIT and self.ctime:
             present = {n.nid for n in self.members}
             expected = {n.nid for n in self.wait_nodes}
@@ -217,6 +241,7 @@ class Node:
                 self.recovery.kick()
                 if present != expected:
                     await self._log_epoch()
+                await self.recovery.mark_stale(self.epoch)
                 self.status = Status.OK
                 log.info("all nodes of epoch %d are back, cluster is running", self.epoch)
         self.epoch_changed()
@@ -226,6 +251,7 @@ class Node:
         self.recovery.kick()
         self._set_members(self.members)
         await self._log_epoch()
+        await self.recovery.mark_stale(self.epoch)
         self.status = Status.OK
         self.epoch_changed()
         log.info("cluster force-recovered at epoch %d with %d nodes", self.epoch, len(self.members))
@@ -252,6 +278,7 @@ class Node:
 
     async def on_accept(self, joiner: Member, members: list[Member], reply: bytes, is_me: bool) -> None:
         nodes = [SdNode.decode(m.node) for m in members]
+        last_epoch = self.epoch  # ours, before adopting the cluster's
         if is_me:
             ci = decode_cinfo(reply)
             await self._adopt(ci)
@@ -264,18 +291,19 @@ class Node:
         from .vdi_ops import fetch_vdi_states
         if is_me:
             if self.status == Status.OK and len(nodes) > 1:
-                await self.io(self._suspect_local_objects)
+                await self.io(self._suspect_local_objects, last_epoch)
             self.spawn(fetch_vdi_states, self, [n for n in nodes if n.nid != self.me.nid])
         else:
             self.spawn(fetch_vdi_states, self, [SdNode.decode(joiner.node)])
         await self._membership_changed(nodes)
 
-    def _suspect_local_objects(self) -> None:
+    def _suspect_local_objects(self, last_epoch: int) -> None:
         """Joining a running cluster: writes may have happened while we were away, so our
-        objects become stale copies that recovery revalidates by hash (blocking)."""
+        objects become stale copies (current through ``last_epoch`` at best) that
+        recovery revalidates by hash (blocking)."""
         oids = self.store.list_oids()
         for oid in oids:
-            self.store.move_to_stale(oid, self.epoch)
+            self.store.move_to_stale(oid, last_epoch)
         if oids:
             log.info("rejoining a running cluster: %d local objects to be revalidated", len(oids))
 

@@ -119,15 +119,37 @@ def _gate(node: "Node", spec: OpSpec) -> int:
 
 
 async def execute_peer(node: "Node", req: Request, payload: bytes) -> Reply:
-    """A peer op with the epoch check of `check_request_epoch` (wire.md §6.4)."""
+    """A peer op with the epoch check of `check_request_epoch` (wire.md §6.4).
+
+    The check and the store operation happen under the object's lock, which recovery
+    reads take too: a write that passed the check at the old epoch is complete before a
+    recovering node copies the object, and a later one is refused with OLD_NODE_VER."""
     spec = OPS[req.opcode]
     assert spec.handler is not None
-    if req.args.oid and not req.flags & Flag.CMD_RECOVERY:
-        if req.epoch < node.epoch:
-            return Reply(Res.OLD_NODE_VER)
-        if req.epoch > node.epoch and not await node.wait_epoch_at_least(req.epoch, 5.0):
-            return Reply(Res.NEW_NODE_VER)
-    return await spec.handler(node, req, payload)
+    oid = req.args.oid
+    if not oid:
+        return await spec.handler(node, req, payload)
+    if req.flags & Flag.CMD_RECOVERY:
+        await node.wait_epoch_at_least(req.epoch, 5.0)  # older writes have landed on us
+        await node.drain_older(req.epoch)
+        async with node.object_lock(oid):
+            return await spec.handler(node, req, payload)
+    if req.epoch > node.epoch and not await node.wait_epoch_at_least(req.epoch, 5.0):
+        return Reply(Res.NEW_NODE_VER)
+    if req.opcode in (Op.READ_PEER, Op.WRITE_PEER):
+        await node.recovery.recover_now(oid)  # the object may still be due here
+    for attempt in range(2):
+        async with node.object_lock(oid):
+            if req.epoch < node.epoch:
+                return Reply(Res.OLD_NODE_VER)
+            with node.in_flight(req.epoch):
+                reply = await spec.handler(node, req, payload)
+        if reply.result != Res.NO_OBJ or req.opcode != Op.WRITE_PEER or attempt:
+            return reply
+        # we own it but recovery never heard of it (created just before the epoch changed)
+        if not await node.recovery.fetch_missing(oid):
+            return reply
+    return reply
 
 
 async def run_cluster_op(node: "Node", spec: OpSpec, req: Request, payload: bytes) -> Reply:

@@ -31,7 +31,6 @@ log = logging.getLogger("sheep.recovery")
 
 PREPARING, RECOVERING, NOTIFYING = 0, 1, 2
 OBJ_LIST_START = 4 << 20
-RETRIES = 3
 
 
 class Recovery:
@@ -41,7 +40,7 @@ class Recovery:
         self.state = PREPARING
         self.finished = 0
         self.total = 0
-        self.pending: dict[int, list[NodeId]] = {}
+        self.pending: dict[int, tuple[list[NodeId], list[NodeId]]] = {}
         self._urgent: list[int] = []
         self._events: dict[int, trio.Event] = {}
         self._kick = trio.Event()
@@ -105,12 +104,28 @@ class Recovery:
                 self._urgent.append(oid)
                 await ev.wait()
 
+    async def fetch_missing(self, oid: int) -> bool:
+        """Safety net for an object this node owns, lacks, and no pass knew of: ask its
+        other owners now and under the previous epoch's placement."""
+        node = self.node
+        copies = gateway.obj_copies(node, oid)
+        me = node.me.nid
+        if not any(o.nid == me for o in node.ring.oid_to_nodes(oid, copies)):
+            return False
+        sources = [o.nid for o in node.ring.oid_to_nodes(oid, copies) if o.nid != me]
+        prev = await node.io(node.meta.load_epoch, node.epoch - 1) if node.epoch > 1 else None
+        if prev:
+            from ..proto.placement import Ring
+            sources += [o.nid for o in Ring(prev[0]).oid_to_nodes(oid, copies)
+                        if o.nid != me and o.nid not in sources]
+        log.info("%016x is missing here: fetching it on demand", oid)
+        return await self._recover_one(node.epoch, oid, (sources, []), rounds=3)
+
     # ------------------------------------------------------------------ one pass
     async def _pass(self, epoch: int) -> None:
         node = self.node
         self.in_recovery, self.state, self.finished, self.total = True, PREPARING, 0, 0
         await node.vdi_states_ready.wait()
-        await self._mark_stale(epoch)
         holders = await self._gather(epoch)
         me = node.me.nid
         wanted = {}
@@ -118,7 +133,7 @@ class Recovery:
             owners = node.ring.oid_to_nodes(oid, gateway.obj_copies(node, oid))
             if any(o.nid == me for o in owners) and not await node.io(node.store.exists, oid):
                 random.shuffle(live)
-                wanted[oid] = [n for n in live if n != me] + [n for n in stale if n != me and n not in live]
+                wanted[oid] = ([n for n in live if n != me], stale)
         self.pending = dict(sorted(wanted.items()))
         self.total = len(self.pending)
         self.state = RECOVERING
@@ -155,8 +170,12 @@ class Recovery:
                 return oid
         return next(iter(self.pending))
 
-    async def _mark_stale(self, epoch: int) -> None:
+    async def mark_stale(self, epoch: int) -> None:
+        """Right at an epoch change (never cancelled half-way): objects this node does not
+        own under the new ring stop being live, so nobody copies an old version from us."""
         node = self.node
+        if node.opts.gateway:
+            return
         me = node.me.nid
         moved = 0
         for oid in await node.io(node.store.list_oids):
@@ -169,26 +188,35 @@ class Recovery:
             log.info("epoch %d: %d objects no longer owned here moved to .stale", epoch, moved)
 
     async def _gather(self, epoch: int) -> dict[int, tuple[list[NodeId], list[NodeId]]]:
-        """oid -> (nodes holding it live, nodes holding only a stale copy)."""
+        """oid -> (nodes holding it live, nodes holding only stale copies, newest first).
+
+        A stale copy's tag is the last epoch through which it received every write, so
+        when no live copy is left anywhere, the copy with the highest tag is the one to
+        keep, whichever node has it."""
         node = self.node
-        out: dict[int, tuple[list[NodeId], list[NodeId]]] = {}
+        live: dict[int, list[NodeId]] = {}
+        stale: dict[int, list[tuple[int, NodeId]]] = {}
         for member in node.members:
             if not member.nr_vnodes:
                 continue
-            live = await self._obj_list(member.nid, epoch, live_only=True)
-            every = await self._obj_list(member.nid, epoch, live_only=False)
-            live_set = set(live)
-            for oid in every:
-                entry = out.setdefault(oid, ([], []))
-                (entry[0] if oid in live_set else entry[1]).append(member.nid)
+            for oid in await self._obj_list(member.nid, epoch, Flag.CMD_DIRECT):
+                live.setdefault(oid, []).append(member.nid)
+            entries = await self._obj_list(member.nid, epoch, Flag.CMD_RECOVERY)
+            for oid, tag in zip(entries[0::2], entries[1::2]):
+                stale.setdefault(oid, []).append((tag, member.nid))
+        out = {}
+        for oid in live.keys() | stale.keys():
+            ranked = sorted(stale.get(oid, []), key=lambda t: (-t[0], str(t[1])))
+            out[oid] = (live.get(oid, []), [nid for _, nid in ranked])
         return out
 
-    async def _obj_list(self, nid: NodeId, epoch: int, live_only: bool) -> list[int]:
+    async def _obj_list(self, nid: NodeId, epoch: int, flags: int) -> list[int]:
+        """GET_OBJ_LIST with our private flags: DIRECT = live oids; RECOVERY = (oid, newest
+        stale tag) pairs of the objects held only as stale copies."""
         node = self.node
         if nid == node.me.nid:
-            return await node.io(lambda: node.store.list_oids(stale=not live_only))
+            return await node.io(node.store.object_list, flags)
         size = OBJ_LIST_START
-        flags = Flag.CMD_DIRECT if live_only else 0  # private meaning: obj/ only
         while True:
             req = Request(Op.GET_OBJ_LIST, flags=flags, data_length=size, epoch=epoch)
             rsp, data = await node.peers.call(nid, req)
@@ -199,8 +227,13 @@ class Recovery:
             return []
         return list(struct.unpack(f"<{len(data) // 8}Q", bytes(data)))
 
-    async def _recover_one(self, epoch: int, oid: int, sources: list[NodeId]) -> bool:
+    async def _recover_one(self, epoch: int, oid: int, sources: tuple[list[NodeId], list[NodeId]],
+                           rounds: int = 0) -> bool:
+        """Fetch ``oid``.  Nodes that hold it live have the current data: they are retried
+        for as long as this epoch lasts.  Only when no node held it live do stale copies
+        (ours first) stand in — a stale copy may predate writes made while we were away."""
         node = self.node
+        live, stale_holders = sources
         size = gateway.obj_size(node, oid)
         async with node.object_lock(oid):
             if await node.io(node.store.exists, oid):
@@ -209,30 +242,42 @@ class Recovery:
                 log.error("%016x not recovered: the disk would fill up (format -F)", oid)
                 return False
             stale = await node.io(node.store.stale_versions, oid)
-            for attempt in range(RETRIES):
-                for src in sources:
+            attempt = 0
+            while live and node.epoch == epoch and (not rounds or attempt < rounds):
+                for src in live:
                     if stale and await self._stale_matches(src, oid, stale[-1][1], size):
                         await node.io(node.store.restore_stale, oid, stale[-1][1])
                         return True
-                    req = Request(Op.READ_PEER, flags=Flag.CMD_RECOVERY, data_length=size, epoch=epoch,
-                                  proto_ver=SD_SHEEP_PROTO_VER, args=ObjArgs(oid=oid, tgt_epoch=epoch - 1))
-                    rsp, data = await node.peers.call(src, req)
-                    if rsp.result == Res.SUCCESS and len(data) == size:
-                        try:
-                            await node.io(node.store.create_and_write, oid, 0, data, size)
-                        except StoreError as e:
-                            log.error("cannot store recovered %016x: %#x", oid, e.result)
-                            return False
+                    if await self._copy_from(src, epoch, oid, size):
                         return True
-                if node.epoch != epoch:
-                    return False
-                await trio.sleep(0.2 * (attempt + 1))
-        if stale:  # nobody else has it: our stale copy is the best there is
-            await node.io(node.store.restore_stale, oid, stale[-1][1])
-            log.warning("%016x: no live replica found, restored the local stale copy", oid)
-            return True
+                attempt += 1
+                await trio.sleep(min(0.1 * attempt, 1.0))
+            if live:
+                return False  # a newer epoch (its pass takes over), or on-demand rounds spent
+            for src in stale_holders:  # the freshest stale copy wins, wherever it is
+                if src == node.me.nid and stale:
+                    await node.io(node.store.restore_stale, oid, stale[-1][1])
+                    log.warning("%016x: no live replica anywhere, kept our stale copy", oid)
+                    return True
+                if src != node.me.nid and await self._copy_from(src, epoch, oid, size):
+                    log.warning("%016x: no live replica anywhere, took the stale copy of %s", oid, src)
+                    return True
         log.error("%016x: no node could provide it", oid)
         return False
+
+    async def _copy_from(self, src: NodeId, epoch: int, oid: int, size: int) -> bool:
+        node = self.node
+        req = Request(Op.READ_PEER, flags=Flag.CMD_RECOVERY, data_length=size, epoch=epoch,
+                      proto_ver=SD_SHEEP_PROTO_VER, args=ObjArgs(oid=oid, tgt_epoch=epoch - 1))
+        rsp, data = await node.peers.call(src, req)
+        if rsp.result != Res.SUCCESS or len(data) != size:
+            return False
+        try:
+            await node.io(node.store.create_and_write, oid, 0, data, size)
+        except StoreError as e:
+            log.error("cannot store recovered %016x: %#x", oid, e.result)
+            return False
+        return True
 
     async def _stale_matches(self, src: NodeId, oid: int, path: str, size: int) -> bool:
         rsp, _ = await self.node.peers.call(src, Request(Op.GET_HASH, proto_ver=SD_SHEEP_PROTO_VER,

@@ -168,6 +168,26 @@ class ObjectStore:
                     pass
         return sorted(out)
 
+    def object_list(self, flags: int) -> list[int]:
+        """GET_OBJ_LIST payload values: every oid; with CMD_DIRECT only live ones; with
+        CMD_RECOVERY (oid, newest stale tag) pairs of objects held only as stale copies."""
+        from ..proto.constants import Flag
+        if flags & Flag.CMD_DIRECT:
+            return self.list_oids()
+        if not flags & Flag.CMD_RECOVERY:
+            return self.list_oids(stale=True)
+        live = set(self.list_oids())
+        newest: dict[int, int] = {}
+        for name in os.listdir(self.stale_dir):
+            oid_hex, _, tag = name.partition(".")
+            try:
+                oid = int(oid_hex, 16)
+            except ValueError:
+                continue
+            if oid not in live and tag.isdigit():
+                newest[oid] = max(newest.get(oid, -1), int(tag))
+        return [v for oid in sorted(newest) for v in (oid, newest[oid])]
+
     # -- stale copies: objects this node no longer owns, kept until every node recovered
 
     @property

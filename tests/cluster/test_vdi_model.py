@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ from sheep.client.volume import Volume
 from sheep.proto.constants import SD_INODE_HEADER_SIZE, SD_MAX_VDI_TAG_LEN, Res
 from sheep.proto.inode import Inode, InodeHeader
 from sheep.proto.oid import (
-    data_vid_offset, is_data_obj, is_ledger_obj, vid_to_data_oid, vid_to_vdi_oid,
+    data_vid_offset, is_data_obj, is_ledger_obj, is_vdi_obj, oid_to_vid, vid_to_data_oid,
+    vid_to_vdi_oid,
 )
 from sheep.proto.structs import pad
 
@@ -71,7 +73,7 @@ def ranges(draw) -> tuple[int, int]:
     return offset, min(length, SIZE - offset)
 
 
-payloads = st.one_of(st.integers(0, 2**32), st.sampled_from([-1]))  # -1: all zeros
+payloads = st.one_of(st.integers(0, 2**32), st.just(-1))  # -1: all zeros
 picks = st.integers(0, 1000)  # an element of a model list, taken modulo its length
 nodes = st.integers(0, 2)
 
@@ -106,21 +108,33 @@ def expect_error(results: set[int], fn, *args, **kw) -> int:
 
 
 def leftover_objects(cluster: Cluster) -> tuple[list[str], list[str]]:
-    """(data or ledger object files, inode object files) in every node's obj/ tree."""
+    """(files other than inode objects, inode object files) in every node's obj/ tree.
+
+    Only inode objects may survive the deletion of every VDI: a data object (no bit of 59-63
+    set) or a ledger (bit 59) is a leak, and so is a .tmp or .stale leftover.
+    """
     bad, inodes = [], []
     for s in cluster.nodes:
         for root, _, files in os.walk(s.store / "obj"):
             for f in files:
+                path = os.path.join(root, f)
                 try:
-                    oid = int(f[:16], 16)
+                    oid = int(f, 16) if len(f) == 16 else None
                 except ValueError:
-                    bad.append(f"{s.idx}:{f}")  # neither an object nor a known file
-                    continue
-                if is_data_obj(oid) or is_ledger_obj(oid) or len(f) != 16:
-                    bad.append(f"{s.idx}:{os.path.relpath(os.path.join(root, f), s.store)}")
+                    oid = None
+                if oid is not None and is_vdi_obj(oid):
+                    inodes.append(path)
                 else:
-                    inodes.append(os.path.join(root, f))
+                    kind = ("data" if is_data_obj(oid) else "ledger" if is_ledger_obj(oid)
+                            else "other") if oid is not None else "other"
+                    bad.append(f"node {s.idx} {kind}: {os.path.relpath(path, s.store)}")
     return bad, inodes
+
+
+def bitmap_vids(bitmap: bytes | bytearray | memoryview) -> set[int]:
+    """The vids set in a READ_VDIS / READ_DEL_VDIS bitmap (bit v = byte v>>3, bit v&7)."""
+    return {m.start() * 8 + b for m in re.finditer(rb"[^\0]", bytes(bitmap))
+            for b in range(8) if m.group()[0] >> b & 1}
 
 
 def reformat(cluster: Cluster) -> None:
@@ -272,6 +286,8 @@ class VdiModel(RuleBasedStateMachine):
         self.names = 0
         self.tags = 0
         self.seed = 0
+        self.vids: set[int] = set()  # every vid NEW_VDI allocated in this example
+        self.broken = False  # a step failed: teardown only closes the connections
 
     # -- plumbing
 
@@ -336,6 +352,7 @@ class VdiModel(RuleBasedStateMachine):
         assert (hdr.name, hdr.vdi_size, hdr.snap_ctime) == (name, SIZE, 0)
         assert hdr.parent_vdi_id == (base.vid if base else 0)
         v = Vdi(name, rsp.vdi_id, bytearray(base.data) if base else bytearray(SIZE))
+        self.vids.add(v.vid)
         self.working[name] = v
         return v
 
@@ -386,6 +403,7 @@ class VdiModel(RuleBasedStateMachine):
         assert [new.get_vid(i) for i in range(NOBJ)] == [snap.get_vid(i) for i in range(NOBJ)]
         self.snaps.append(Vdi(w.name, w.vid, bytearray(w.data), tag, old.snap_id))
         w.vid = rsp.vdi_id
+        self.vids.add(w.vid)
 
     def op_clone(self, op: "Clone") -> None:
         """dog vdi clone -s: NEW_VDI(new name, snapid 0, base = the snapshot)."""
@@ -423,6 +441,7 @@ class VdiModel(RuleBasedStateMachine):
         assert load_inode(c, w.vid).header.snap_ctime != 0
         self.snaps.append(Vdi(w.name, w.vid, w.data, old.tag, old.snap_id))
         self.working[s.name] = Vdi(s.name, rsp.vdi_id, bytearray(s.data))
+        self.vids.add(rsp.vdi_id)
 
     def op_delete_working(self, op: "DeleteWorking") -> None:
         if self.working:
@@ -462,40 +481,54 @@ class VdiModel(RuleBasedStateMachine):
                 first=st.one_of(st.none(), _write.map(lambda w: (w, Snapshot(0, True, w.node)))))
     def start(self, seed: int, node: int, first: tuple[Write, Snapshot] | None) -> None:
         """One VDI; often already written and snapshotted, so that most steps apply."""
+        self.broken = True
         self.seed = seed
         self.new_working(self.c(node), self.target_name(1), None)
         if first:
             self.op_write(first[0])
             self.op_snapshot(first[1])
+        self.broken = False
 
     @rule(op=OPS)
     def step(self, op) -> None:
         """One operation; one that does not apply to the current state is a no-op."""
+        self.broken = True
         getattr(self, "op_" + op.NAME)(op)
+        self.broken = False
 
     # -- end of the example: full compare, delete everything, nothing may be left
 
     def teardown(self) -> None:
         try:
-            rnd = random.Random(self.seed)
-            c = self.clients[0]
-            for v in self.live():
-                self.check_read(self.clients[rnd.randrange(len(self.clients))], v, 0, SIZE)
-            self.check_lookups(c)
-            order = self.live()
-            rnd.shuffle(order)
-            for v in order:
-                self.delete(self.clients[rnd.randrange(len(self.clients))], v,
-                            zero_first=rnd.random() < 0.3, by_tag=rnd.random() < 0.5)
-            bad, inodes = leftover_objects(self.cluster)
-            assert not bad, f"objects left after deleting every VDI: {sorted(bad)}"
-            for path in inodes:
-                with open(path, "rb") as f:
-                    hdr = InodeHeader.decode(f.read(SD_INODE_HEADER_SIZE))
-                assert (hdr.name, hdr.vdi_size) == ("", 0), f"{path}: {hdr.name!r} not deleted"
+            if not self.broken:
+                self.finish()
         finally:
             for cl in self.clients:
                 cl.close()
+
+    def finish(self) -> None:
+        rnd = random.Random(self.seed)
+        for v in self.live():
+            self.check_read(self.clients[rnd.randrange(len(self.clients))], v, 0, SIZE)
+        self.check_lookups(self.clients[0])
+        order = self.live()
+        rnd.shuffle(order)
+        for v in order:
+            self.delete(self.clients[rnd.randrange(len(self.clients))], v,
+                        zero_first=rnd.random() < 0.3, by_tag=rnd.random() < 0.5)
+        bad, inodes = leftover_objects(self.cluster)
+        assert not bad, f"objects left after deleting every VDI: {sorted(bad)}"
+        # copies=3 on 3 nodes: every node keeps every inode, each cleared (objects.md §6.6)
+        assert len(inodes) == 3 * len(self.vids)
+        assert {oid_to_vid(int(os.path.basename(p), 16)) for p in inodes} == self.vids
+        for path in inodes:
+            with open(path, "rb") as f:
+                hdr = InodeHeader.decode(f.read(SD_INODE_HEADER_SIZE))
+            assert (hdr.name, hdr.vdi_size) == ("", 0), f"{path}: {hdr.name!r} not cleared"
+        # the in-use bits stay set and the deleted bits are set
+        c = self.clients[0]
+        assert bitmap_vids(c.read_vdis()) == self.vids
+        assert bitmap_vids(c.read_del_vdis()) == self.vids
 
 
 @pytest.fixture(scope="module")
