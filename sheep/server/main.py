@@ -25,7 +25,7 @@ from .node import Node, Options
 log = logging.getLogger("sheep")
 
 VERSION = "1.0"
-DRIVERS = ("local",)
+DRIVERS = ("local", "zookeeper")
 
 HELP = """Sheepdog daemon (version {version})
 Usage: sheep [OPTION]... [PATH] (default: {tmp})
@@ -170,7 +170,17 @@ def parse(argv: list[str]) -> Options:
             driver, _, arg = value.partition(":")
             if driver not in DRIVERS:
                 die(f"Invalid cluster driver '{driver}'\nSupported drivers: {' '.join(DRIVERS)}")
-            o.cluster = f"local:{os.path.abspath(arg)}" if arg else o.cluster
+            if driver == "zookeeper":
+                try:
+                    from .cluster.zookeeper import parse_option
+                    parse_option(arg)
+                except ValueError as e:
+                    die(f"Invalid cluster driver option '{value}': {e}")
+                o.cluster = value
+                if o.advertise_addr == "127.0.0.1" and not o.bind_addr:
+                    pass  # -y or -b name the address other hosts reach us on
+            else:
+                o.cluster = f"local:{os.path.abspath(arg)}" if arg else o.cluster
         elif letter == "z":
             zone = _int_in(value, 0, 0xFFFFFFFF)
             if zone is None:
@@ -227,8 +237,11 @@ def _parse_log(o: Options, value: str) -> None:
 
 
 def make_driver(spec: str):
-    from .cluster.local import LocalDriver
     name, _, arg = spec.partition(":")
+    if name == "zookeeper":
+        from .cluster.zookeeper import ZookeeperDriver
+        return ZookeeperDriver(arg)
+    from .cluster.local import LocalDriver
     return LocalDriver(arg)
 
 

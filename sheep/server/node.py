@@ -103,6 +103,7 @@ class Node:
         self.me = SdNode(NodeId.from_host(opts.advertise_addr, opts.port), 0, 0, 0)
         self._object_locks: dict[int, trio.Lock] = {}
         self._in_flight: dict[int, int] = {}
+        self._resumed = trio.Event()
         self._drained = trio.Event()
         self.vdi_states_ready = trio.Event()
         from .recovery import Recovery
@@ -245,6 +246,29 @@ class Node:
                 self.status = Status.OK
                 log.info("all nodes of epoch %d are back, cluster is running", self.epoch)
         self.epoch_changed()
+
+    # ------------------------------------------------------------------ driver session (zookeeper)
+    suspended = False
+
+    def on_suspended(self, suspended: bool) -> None:
+        """Coordination service unreachable: stop acknowledging I/O until it is back."""
+        self.suspended = suspended
+        if not suspended:
+            self._resumed.set()
+            self._resumed = trio.Event()
+
+    async def wait_resumed(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while self.suspended:
+                await self._resumed.wait()
+        return not self.suspended
+
+    def on_rejoining(self) -> None:
+        """Our session expired: the others count us gone; we rejoin as a new incarnation."""
+        log.warning("lost our cluster session: rejoining")
+        self.wait_nodes = list(self.members) if self.status == Status.OK else self.wait_nodes
+        self.status = Status.WAIT
+        self.members = []
 
     async def force_recover(self) -> None:
         """FORCE_RECOVER main step: the members present now form a new epoch."""

@@ -181,6 +181,8 @@ async def dispatch(node: "Node", req: Request, payload: bytes) -> Reply:
         log.info("op=%s", spec.name)
     if spec.sync:
         await node.driver.sync()
+    if node.suspended and spec.kind in (Kind.GATEWAY, Kind.PEER) and not await node.wait_resumed(30):
+        return Reply(Res.NETWORK_ERROR)  # cut off from the cluster: acknowledge nothing
     try:
         if spec.kind is Kind.PEER:
             return await execute_peer(node, req, payload)
