@@ -47,10 +47,13 @@ def pid_gone(pid: int, timeout: float) -> bool:
 
 
 class Sheep:
-    def __init__(self, cluster: "Cluster", idx: int, port: int) -> None:
+    def __init__(self, cluster: "Cluster", idx: int, port: int, host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
         self.cluster = cluster
         self.idx = idx
         self.port = port
+        self.host = host
+        self.netns = netns
         self.store = cluster.root / str(idx)
         self.proc: subprocess.Popen | None = None
 
@@ -60,8 +63,10 @@ class Sheep:
         return self.proc.pid
 
     def start(self, *extra: str, wait: bool = True) -> None:
-        cmd = [SHEEP, "-f", "-c", f"local:{self.cluster.driver_dir}", "-z", str(self.idx),
+        cmd = [SHEEP, "-f", "-c", self.cluster.driver, "-z", str(self.idx),
                "-p", str(self.port), "-l", "level=debug", *extra, str(self.store)]
+        if self.netns:  # a host of its own: listen on and advertise its address
+            cmd = ["ip", "netns", "exec", self.netns, *cmd[:1], "-b", self.host, "-y", self.host, *cmd[1:]]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if wait:
             self.wait_serving()
@@ -72,7 +77,7 @@ class Sheep:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"sheep {self.idx} exited: {self.proc.stderr.read().decode()}")
             try:
-                with Client("127.0.0.1", self.port) as c:
+                with Client(self.host, self.port) as c:
                     c.get_node_list()
                     return
             except (SheepConnectionError, OSError):
@@ -102,10 +107,15 @@ class Sheep:
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int) -> None:
+    def __init__(self, root: Path, n: int, driver: str | None = None,
+                 hosts: list[tuple[str, str | None]] | None = None) -> None:
+        """``driver``: the ``-c`` argument (default: a local driver dir of our own);
+        ``hosts``: (address, network namespace) per node (default: loopback)."""
         self.root = root
         self.driver_dir = root / "cluster"
-        self.nodes = [Sheep(self, i, p) for i, p in enumerate(free_ports(n))]
+        self.driver = driver or f"local:{self.driver_dir}"
+        hosts = hosts or [("127.0.0.1", None)] * n
+        self.nodes = [Sheep(self, i, p, *hosts[i]) for i, p in enumerate(free_ports(n))]
 
     def start(self) -> "Cluster":
         for s in self.nodes:
@@ -124,7 +134,8 @@ class Cluster:
 
     def misplaced(self, copies: int = 3) -> list[int]:
         """Objects not stored exactly on the nodes placement names."""
-        with Client("127.0.0.1", self.alive()[0].port) as c:
+        first = self.alive()[0]
+        with Client(first.host, first.port) as c:
             ring = Ring(c.get_node_list())
         return [oid for oid, ports in self.holdings().items()
                 if ports != {n.nid.port for n in ring.oid_to_nodes(oid, copies)}]
@@ -142,7 +153,7 @@ class Cluster:
                              f"{self.stale_count()} stale")
 
     def client(self, i: int = 0) -> Client:
-        return Client("127.0.0.1", self.nodes[i].port)
+        return Client(self.nodes[i].host, self.nodes[i].port)
 
     def alive(self) -> list[Sheep]:
         return [s for s in self.nodes if s.proc is not None and s.proc.poll() is None]
@@ -153,7 +164,7 @@ class Cluster:
         while time.monotonic() < deadline:
             views = []
             for s in self.alive():
-                with Client("127.0.0.1", s.port) as c:
+                with Client(s.host, s.port) as c:
                     ci = c.cluster_info()
                     views.append((len(ci.nodes), ci.epoch))
             if views and all(v == (n, views[0][1]) for v in views):

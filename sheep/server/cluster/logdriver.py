@@ -69,6 +69,10 @@ def member_from_json(j: list[str]) -> Member:
     return Member(j[0], bytes.fromhex(j[1]))
 
 
+class BackendUnavailable(Exception):
+    """The coordination service cannot be reached right now; try again later."""
+
+
 class BlockingLock(Protocol):
     def acquire(self) -> None: ...
     def release(self) -> None: ...
@@ -132,7 +136,12 @@ class LogDriver:
         self._reject_reason: str | None = None
 
     async def _io(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args)
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except (OSError, ValueError, AssertionError):
+            raise
+        except Exception as e:  # e.g. kazoo's ConnectionLoss while ZooKeeper is away
+            raise BackendUnavailable(f"{type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ locking
     @asynccontextmanager
@@ -224,20 +233,25 @@ class LogDriver:
 
     async def _respond(self, uid: str) -> None:
         try:
-            async with self._locked("log"):
-                await self._catch_up()
-                entry = self._pending.get(uid)
-                if entry is None or not self.members or self.members[0].uid != self.uid:
-                    return
-                joiner, opaque = entry
-                assert self._handler is not None
-                ok, reply = self._handler.join_check(joiner, opaque)
-                members = self.members + [joiner] if ok else self.members
-                blob = encode_record({"t": "accept", "uid": uid, "ok": ok,
-                                      "members": [member_to_json(m) for m in members]}, reply)
-                await self._io(self._append_with_state, [blob], members)
+            await self._respond_locked(uid)
+        except BackendUnavailable as e:
+            log.warning("could not answer the join of %s yet: %s", uid, e)
         finally:
             self._responding.discard(uid)
+
+    async def _respond_locked(self, uid: str) -> None:
+        async with self._locked("log"):
+            await self._catch_up()
+            entry = self._pending.get(uid)
+            if entry is None or not self.members or self.members[0].uid != self.uid:
+                return
+            joiner, opaque = entry
+            assert self._handler is not None
+            ok, reply = self._handler.join_check(joiner, opaque)
+            members = self.members + [joiner] if ok else self.members
+            blob = encode_record({"t": "accept", "uid": uid, "ok": ok,
+                                  "members": [member_to_json(m) for m in members]}, reply)
+            await self._io(self._append_with_state, [blob], members)
         await self._catch_up()
 
     def _append_with_state(self, blobs: list[bytes], members: list[Member]) -> None:
@@ -277,7 +291,12 @@ class LogDriver:
 
     async def _join(self) -> None:
         while True:
-            await self._request_join()
+            try:
+                await self._request_join()
+            except BackendUnavailable as e:
+                log.warning("cannot ask to join yet: %s", e)
+                await trio.sleep(1)
+                continue
             with trio.move_on_after(JOIN_RETRY):
                 while not self._accepted.is_set():
                     await self._catch_up()
@@ -360,11 +379,17 @@ class LogDriver:
                 await self._io(self.backend.close)
 
     async def _poll_loop(self) -> None:
-        while not self._left:
-            await self._catch_up()
-            await trio.sleep(POLL_INTERVAL)
+        await self._forever(self._catch_up, POLL_INTERVAL)
 
     async def _liveness_loop(self) -> None:
+        await self._forever(self._reap_dead, LIVENESS_INTERVAL)
+
+    async def _forever(self, step, interval: float) -> None:
+        """Run ``step`` every ``interval`` until we leave, riding out service outages."""
         while not self._left:
-            await self._reap_dead()
-            await trio.sleep(LIVENESS_INTERVAL)
+            try:
+                await step()
+            except BackendUnavailable as e:
+                log.debug("cluster service unavailable (%s); retrying", e)
+                await trio.sleep(max(interval, 0.5))
+            await trio.sleep(interval)

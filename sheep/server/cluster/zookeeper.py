@@ -48,8 +48,11 @@ def parse_option(arg: str) -> tuple[str, str, float]:
 class ZkBackend:
     def __init__(self, arg: str) -> None:
         from kazoo.client import KazooClient
+        from kazoo.retry import KazooRetry
         self.hosts, self.root, self.timeout = parse_option(arg)
-        self.zk = KazooClient(hosts=self.hosts, timeout=self.timeout)
+        # reconnect quickly after an outage (kazoo's default backoff grows to a minute)
+        self.zk = KazooClient(hosts=self.hosts, timeout=self.timeout,
+                              connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0))
         self.gen = 0
         self.on_state = None  # set by the driver: called from kazoo's thread
 

@@ -1,0 +1,679 @@
+"""One exported VDI, shared by every NBD connection and worker thread of an nbdkit process.
+
+nbdkit runs the plugin with THREAD_MODEL_PARALLEL: each NBD connection has its own pool
+of worker threads, and requests arrive on them concurrently.  The design:
+
+* `Export` opens the VDI once per process with `VdiClient.open` (QEMU's `sd_open`: the
+  lock on its own connection, the inode read once) and keeps the in-memory inode that
+  every thread uses.  One index for the whole process is what makes ``can_multi_conn``
+  true: a write acknowledged on one NBD connection is visible to reads on every other,
+  and FLUSH_VDI (per VDI on the sheep side) covers them all.
+* `Worker` is a `VdiClient` that shares that inode but owns its I/O connection: one
+  cluster connection per worker thread (`Session` keys them by thread id), so requests
+  travel in parallel while each thread's requests are pipelined by the client.  With
+  ``route=true`` (the default) that connection is a `RoutedConnection`: object requests
+  go straight to a sheep holding the object (routing.py), everything else to the
+  configured sheep.
+* `ObjectLocks` orders requests the way QEMU's driver orders overlapping AIO requests:
+  an object whose index entry is about to change (create, copy-on-write, trim, zero) is
+  held exclusively; reads and writes into objects the VDI already owns only share it.
+  When a snapshot is taken behind our back, writes answer READONLY: the handle follows
+  the name to the new working VDI (`VdiClient._retarget`) with every request drained, and
+  the failed writes are sent again, now copying on write (objects.md §7, qemu §5.12).
+* Sequential streams (nbdcopy, qemu-img convert, a guest's dd) come in pieces of an
+  object, each a request to the sheep.  `ReadAhead` reads such an object whole once and
+  serves the other pieces from it; `WriteGather` sends contiguous writes that are in
+  flight together as one write per object.  Both keep QEMU's semantics: a piece is
+  acknowledged only once its data is written, and any change of an object drops the
+  whole-object copy before and after it.
+
+Errors become errno values with `errno_of`; sockets have a timeout, so a silent sheep
+turns into EIO, never a hung NBD client.
+"""
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from contextlib import closing, contextmanager
+from itertools import groupby
+from typing import Callable, Iterator
+
+from sheep.client.api import Client
+from sheep.client.sync import Connection, SheepConnectionError, SheepError
+from sheep.client.vdi import MAX_RETARGETS, VdiClient
+from sheep.client.volume import Volume
+from sheep.proto.constants import SD_INODE_DATA_INDEX, Op, Res
+from sheep.proto.oid import vid_to_data_oid
+
+from .config import ExportConfig
+from .routing import RoutedConnection, Router
+
+WINDOW = 16  # object requests in flight per worker connection
+
+_ERRNO = {
+    Res.READONLY: errno.EROFS,
+    Res.NO_SPACE: errno.ENOSPC,
+    Res.FULL_VDI: errno.ENOSPC,
+    Res.NO_MEM: errno.ENOMEM,
+    Res.INVALID_PARMS: errno.EINVAL,
+    Res.NO_SUPPORT: errno.EOPNOTSUPP,
+    Res.VDI_LOCKED: errno.EBUSY,
+    Res.NO_VDI: errno.ENOENT,
+    Res.NO_TAG: errno.ENOENT,
+    Res.SHUTDOWN: errno.ESHUTDOWN,
+}
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno an NBD client sees for ``exc`` (nbdkit maps it onto NBD's error set)."""
+    if isinstance(exc, SheepError):
+        return _ERRNO.get(exc.result, errno.EIO)
+    if isinstance(exc, SheepConnectionError):
+        return errno.EIO
+    if isinstance(exc, PermissionError):
+        return errno.EPERM
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, ValueError):
+        return errno.EINVAL
+    if isinstance(exc, MemoryError):
+        return errno.ENOMEM
+    return errno.EIO
+
+
+class FastZeroUnsupported(OSError):
+    """A FAST_ZERO request that would need data writes: the client falls back (ENOTSUP)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EOPNOTSUPP, "zeroing this range needs data writes")
+
+
+# ---------------------------------------------------------------------------- locking
+
+
+class ObjectLocks:
+    """Shared/exclusive locks on ranges of object indexes, and a gate that drains them.
+
+    `hold` takes a range; whether it must be exclusive is decided by a callable under the
+    lock (the answer depends on the shared index and the current vid, which only change
+    under exclusive holds or with the gate closed).  `drained` closes the gate, waits for
+    every holder to leave, and keeps new ones out until it exits.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared: dict[int, int] = {}
+        self._excl: set[int] = set()
+        self._active = 0
+        self._gate_closed = False
+
+    def _free(self, rng: range, exclusive: bool) -> bool:
+        excl, shared = self._excl, self._shared
+        if exclusive:
+            return not any(i in excl or i in shared for i in rng)
+        return not any(i in excl for i in rng)
+
+    @contextmanager
+    def hold(self, first: int, stop: int, exclusive: Callable[[], bool]) -> Iterator[bool]:
+        """Hold objects ``first..stop-1``; yields whether the hold is exclusive."""
+        rng = range(first, stop)
+        with self._cond:
+            while True:
+                if not self._gate_closed:
+                    excl = exclusive()
+                    if self._free(rng, excl):
+                        break
+                self._cond.wait()
+            self._active += 1
+            if excl:
+                self._excl.update(rng)
+            else:
+                for i in rng:
+                    self._shared[i] = self._shared.get(i, 0) + 1
+        try:
+            yield excl
+        finally:
+            with self._cond:
+                self._active -= 1
+                if excl:
+                    self._excl.difference_update(rng)
+                else:
+                    for i in rng:
+                        n = self._shared[i] - 1
+                        if n:
+                            self._shared[i] = n
+                        else:
+                            del self._shared[i]
+                self._cond.notify_all()
+
+    @contextmanager
+    def drained(self) -> Iterator[None]:
+        with self._cond:
+            while self._gate_closed:
+                self._cond.wait()
+            self._gate_closed = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._gate_closed = False
+                self._cond.notify_all()
+
+
+# ---------------------------------------------------------------------------- read-ahead
+
+
+class _Fill:
+    """One object read whole by one thread; others wait for it, then copy from it."""
+
+    __slots__ = ("idx", "data", "done", "error", "stale")
+
+    def __init__(self, idx: int, length: int) -> None:
+        self.idx = idx
+        self.data = bytearray(length)
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.stale = False
+
+
+class ReadAhead:
+    """Whole-object reads for sequential readers, coherent with this process's writes.
+
+    A sequential reader (nbdcopy, a guest's dd, qemu-img convert) asks for an object in
+    pieces (256 KiB for nbdcopy): each piece a request to the sheep.  When a read starts
+    where an earlier read ended and its object is allocated, the object is read whole
+    by that thread (one request) and kept; the other pieces are copied from it.  Random
+    reads never start where another ended, so they go straight to the sheep.
+
+    Every change of an object (`invalidate`, called before and after each write, trim
+    or zero of it) drops its copy and marks a read still in flight as stale, so no copy
+    taken before or during a change is used by a read that starts after the change.
+    Writes by other processes are not seen, exactly as the in-memory index does not.
+    """
+
+    ENDS = 256  # recent read ends remembered, to recognise sequential streams
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._fills: dict[int, _Fill] = {}  # insertion order = age
+        self._ends: dict[int, None] = {}
+
+    def lookup(self, idx: int, offset: int, end: int, allocated: bool, length: int
+               ) -> tuple[_Fill | None, bool]:
+        """(fill, mine): an existing or pending copy of ``idx``, or a new fill that the
+        caller must make (``mine``), or (None, False) to read directly."""
+        with self._lock:
+            seq = offset in self._ends
+            self._ends[end] = None
+            if len(self._ends) > self.ENDS:
+                del self._ends[next(iter(self._ends))]
+            f = self._fills.get(idx)
+            if f is not None:
+                self._fills[idx] = self._fills.pop(idx)  # most recently used
+                return f, False
+            if not (seq and allocated):
+                return None, False
+            f = self._fills[idx] = _Fill(idx, length)
+            ready = [i for i, x in self._fills.items() if x.done.is_set()]
+            for i in ready[:max(0, len(self._fills) - self.capacity)]:
+                del self._fills[i]
+            return f, True
+
+    def failed(self, f: _Fill, exc: BaseException) -> None:
+        with self._lock:
+            f.error = exc
+            if self._fills.get(f.idx) is f:
+                del self._fills[f.idx]
+        f.done.set()
+
+    def invalidate(self, first: int, stop: int) -> None:
+        with self._lock:
+            for idx in [i for i in self._fills if first <= i < stop]:
+                self._fills.pop(idx).stale = True
+
+
+# ---------------------------------------------------------------------------- write gathering
+
+
+class _Batch:
+    """Contiguous writes into one object, sent as one write by the first of them."""
+
+    __slots__ = ("idx", "start", "end", "parts", "closed", "last", "done", "error")
+
+    def __init__(self, idx: int, start: int, buf: memoryview) -> None:
+        self.idx = idx
+        self.start = start
+        self.end = start + len(buf)
+        self.parts = [buf]
+        self.closed = False
+        self.last = time.monotonic()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class WriteGather:
+    """Write gathering for sequential writers (NFS servers do the same).
+
+    nbdcopy and guests write a stream in pieces (256 KiB for nbdcopy), many in flight;
+    each piece costs the sheep a request (and a synchronous disk write).  A write that
+    starts where an earlier write ended opens a batch for its object; writes arriving
+    meanwhile that continue it join it, and the first one sends them all as one write
+    once the object is complete, or nothing joined for `IDLE`, or after `MAX_WAIT`.
+    Every piece is acknowledged only when that write is done, so nothing changes for
+    durability or ordering: the pieces were in flight together.  The opener waits only
+    while other writes are in flight that could join; a lone writer never waits.
+    """
+
+    IDLE = 0.001
+    MAX_WAIT = 0.005
+    ENDS = 256
+
+    def __init__(self, object_size: int) -> None:
+        self.object_size = object_size
+        self._cond = threading.Condition()
+        self._open: dict[int, _Batch] = {}
+        self._ends: dict[int, None] = {}
+        self.active = 0  # pwrite calls in progress
+
+    def enter(self, offset: int, buf: memoryview) -> tuple[_Batch | None, bool]:
+        """(batch, opener): the batch this write joined or opened, or (None, False)."""
+        end = offset + len(buf)
+        idx = offset // self.object_size
+        with self._cond:
+            self.active += 1
+            seq = offset in self._ends
+            self._ends[end] = None
+            if len(self._ends) > self.ENDS:
+                del self._ends[next(iter(self._ends))]
+            if (end - 1) // self.object_size != idx:
+                return None, False
+            b = self._open.get(idx)
+            if b is not None and not b.closed and b.end == offset:
+                b.parts.append(buf)
+                b.end = end
+                b.last = time.monotonic()
+                self._cond.notify_all()
+                return b, False
+            if b is None and seq and len(buf) < self.object_size:
+                b = self._open[idx] = _Batch(idx, offset, buf)
+                return b, True
+            return None, False
+
+    def leave(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def collect(self, b: _Batch) -> None:
+        """The opener: wait for the batch to fill (see the class docstring), close it."""
+        objend = (b.idx + 1) * self.object_size
+        with self._cond:
+            try:
+                started = time.monotonic()
+                while b.end < objend and self.active > len(b.parts):
+                    left = min(b.last + self.IDLE, started + self.MAX_WAIT) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            finally:
+                b.closed = True
+                if self._open.get(b.idx) is b:
+                    del self._open[b.idx]
+
+
+# ---------------------------------------------------------------------------- worker
+
+
+class Worker(VdiClient):
+    """A VdiClient over its own I/O connection that shares the export's in-memory inode.
+
+    It holds no lock (the export's master handle does) and never follows a snapshot by
+    itself: a write that answers READONLY raises, and the export retargets with every
+    request drained (`follow`).  `readinto` receives object data straight into nbdkit's
+    buffer.
+    """
+
+    @classmethod
+    def attach(cls, export: "Export") -> "Worker":
+        m = export.master
+        self = cls(m.name, readonly=m.readonly, **export.cfg.connect_args)
+        self._conn = None
+        try:
+            home = Connection(**export.cfg.connect_args)
+            self._conn = home if export.router is None else RoutedConnection(home, export.router)
+            self._io = Client(self._conn)
+            self._vol = Volume(self._io, m.inode, readonly=m.readonly, flags=export.flags,
+                               window=export.window)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @property
+    def broken(self) -> bool:
+        return self._io is None or self._io.conn.closed
+
+    def _retarget(self) -> bool:
+        return False  # see Export._follow
+
+    def follow(self) -> bool:
+        """`VdiClient._retarget`: the working VDI's header into the shared inode."""
+        return super()._retarget()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._disconnect()
+
+    def readinto(self, buf: memoryview, offset: int, zeros: memoryview) -> None:
+        """`VdiClient.read` into ``buf``: holes are zero-filled, object data is received
+        in place (no intermediate buffer), requests pipelined ``window`` deep."""
+        vol = self._volume
+        n = len(buf)
+        vol.check_range(offset, n)
+        inode = vol.inode
+        h = inode.header
+        get_vid = inode.get_vid
+        items = []
+        for idx, off, pos, ln in vol.chunks(offset, n):
+            v = get_vid(idx)
+            if v:
+                req = Client.obj_request(Op.READ_OBJ, vid_to_data_oid(v, idx), ln, off,
+                                         flags=vol.flags, copies=h.nr_copies,
+                                         copy_policy=h.copy_policy)
+                items.append((req, None, buf[pos:pos + ln]))
+            else:
+                buf[pos:pos + ln] = zeros[:ln]
+        if not items:
+            return
+        error = 0
+        with closing(self._io.conn.iter_many(items, window=vol.window)) as replies:
+            for (_, _, into), (rsp, data) in zip(items, replies):
+                if rsp.result != Res.SUCCESS:
+                    error = error or rsp.result
+                elif len(data) < len(into):  # a short object reads as zeros past its end
+                    into[len(data):] = zeros[:len(into) - len(data)]
+        if error:
+            raise SheepError(error)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+class Export:
+    """The opened VDI (see the module docstring).  `close` releases the lock."""
+
+    def __init__(self, cfg: ExportConfig, *, window: int = WINDOW) -> None:
+        self.cfg = cfg
+        self.window = window
+        self.router = Router(cfg.home, cfg.timeout) if cfg.route else None
+        try:
+            # Routed I/O reaches several gateways: a sheep 1.0 object cache (one per
+            # gateway) must be bypassed, so CMD_DIRECT; unrouted, CMD_CACHE as QEMU.
+            self.master = VdiClient.open(cfg.vdi, snapid=cfg.snapid, tag=cfg.tag,
+                                         readonly=bool(cfg.readonly), lock=not cfg.readonly,
+                                         direct=cfg.route, window=window, **cfg.connect_args)
+        except SheepConnectionError as e:
+            raise SheepConnectionError(f"{cfg.describe()}: {e}") from None
+        except SheepError as e:
+            raise SheepError(e.result, f"{cfg.describe()}: {e}") from None
+        self.inode = self.master.inode
+        self.flags = self.master.flags
+        self.locks = ObjectLocks()
+        self.readahead = ReadAhead()
+        self.gather = WriteGather(self.object_size)
+        self.zeros = memoryview(bytes(self.object_size))
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def size(self) -> int:
+        return self.inode.header.vdi_size
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.inode.header.block_size_shift
+
+    @property
+    def readonly(self) -> bool:
+        return self.master.readonly
+
+    @property
+    def vid(self) -> int:
+        return self.inode.header.vdi_id
+
+    def close(self) -> None:
+        self.master.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _span(self, offset: int, count: int) -> tuple[int, int]:
+        size = self.object_size
+        return offset // size, -(-(offset + count) // size)
+
+    def _owned(self, first: int, stop: int) -> bool:
+        """Every object of the range already belongs to the working VDI."""
+        me, idx = self.vid, self.inode.data_vdi_id
+        return all(idx[i] == me for i in range(first, stop))
+
+    def _pieces(self, offset: int, count: int) -> Iterator[tuple[int, int, int]]:
+        """(object index, VDI offset, length) per object touched."""
+        size = self.object_size
+        pos, end = offset, offset + count
+        while pos < end:
+            idx, off = divmod(pos, size)
+            n = min(end - pos, size - off)
+            yield idx, pos, n
+            pos += n
+
+    def _changing(self, w: Worker, first: int, stop: int, body: Callable[[], None],
+                  always_exclusive: bool = False) -> None:
+        """Run ``body`` holding the objects (exclusively if it may change their index
+        entries); on READONLY follow the working VDI and run it again."""
+        for _ in range(MAX_RETARGETS + 1):
+            holder = [0]
+
+            def exclusive() -> bool:
+                holder[0] = self.vid
+                return always_exclusive or not self._owned(first, stop)
+
+            try:
+                with self.locks.hold(first, stop, exclusive):
+                    self.readahead.invalidate(first, stop)
+                    try:
+                        body()
+                    finally:
+                        self.readahead.invalidate(first, stop)
+                return
+            except SheepError as e:
+                if e.result != Res.READONLY:
+                    raise
+                failed = e
+            self._follow(w, holder[0], failed)
+        raise failed
+
+    def _follow(self, w: Worker, vid: int, failed: SheepError) -> None:
+        with self.locks.drained():
+            if self.vid == vid and not w.follow():  # (unless another thread followed)
+                raise failed
+
+    # ------------------------------------------------------------------ I/O
+
+    def pread(self, w: Worker, buf: memoryview, offset: int) -> None:
+        if not len(buf):
+            return
+        first, stop = self._span(offset, len(buf))
+        with self.locks.hold(first, stop, lambda: False):
+            if stop - first == 1 and self._from_readahead(w, buf, offset, first):
+                return
+            w.readinto(buf, offset, self.zeros)
+
+    def _from_readahead(self, w: Worker, buf: memoryview, offset: int, idx: int) -> bool:
+        """Serve a read inside one object from a whole-object read; False: read directly."""
+        objsize = self.object_size
+        start = idx * objsize
+        length = min(objsize, self.size - start)
+        f, mine = self.readahead.lookup(idx, offset, offset + len(buf),
+                                        bool(self.inode.get_vid(idx)), length)
+        if f is None:
+            return False
+        if mine:
+            try:
+                w.readinto(memoryview(f.data), start, self.zeros)
+            except BaseException as e:
+                self.readahead.failed(f, e)
+                raise
+            f.done.set()
+        else:
+            f.done.wait()
+            if f.error is not None:
+                return False
+        at = offset - start
+        buf[:] = memoryview(f.data)[at:at + len(buf)]
+        return True
+
+    def pwrite(self, w: Worker, buf: memoryview, offset: int) -> None:
+        if not len(buf):
+            return
+        b, opener = self.gather.enter(offset, buf)
+        try:
+            if b is None:
+                self._write(w, buf, offset)
+            elif opener:
+                try:
+                    self.gather.collect(b)
+                    if len(b.parts) == 1:
+                        self._write(w, buf, offset)
+                    else:
+                        data = bytearray(b.end - b.start)
+                        pos = 0
+                        for part in b.parts:
+                            data[pos:pos + len(part)] = part
+                            pos += len(part)
+                        self._write(w, memoryview(data), b.start)
+                except BaseException as e:
+                    b.error = e
+                    raise
+                finally:
+                    b.done.set()
+            else:
+                b.done.wait()
+                if b.error is not None:  # the same failure, an exception of our own
+                    e = b.error
+                    if isinstance(e, SheepError):
+                        raise SheepError(e.result, str(e))
+                    raise OSError(errno_of(e), f"gathered write: {e}")
+        finally:
+            self.gather.leave()
+
+    def _write(self, w: Worker, buf: memoryview, offset: int) -> None:
+        first, stop = self._span(offset, len(buf))
+        self._changing(w, first, stop, lambda: w.write(offset, buf))
+
+    def trim(self, w: Worker, count: int, offset: int) -> None:
+        """Whole objects only (as QEMU's discard): index entries cleared, the sheep
+        reclaims the objects; the partial ends are left as they are."""
+        size = self.object_size
+        first, stop = -(-offset // size), (offset + count) // size
+        if first >= stop:
+            return
+        self._changing(w, first, stop, lambda: w.discard(first * size, (stop - first) * size),
+                       always_exclusive=True)
+
+    def zero(self, w: Worker, count: int, offset: int, may_trim: bool, fast: bool) -> None:
+        """Whole objects (with MAY_TRIM) are trimmed, which is fast: a 4-byte index write
+        each, and an unallocated object reads as zeros.  Parts of allocated objects (or
+        everything, without MAY_TRIM) get zeros written; FAST_ZERO then fails with
+        ENOTSUP so that the client writes them itself."""
+        if not count:
+            return
+        size = self.object_size
+        first, stop = self._span(offset, count)
+
+        def body() -> None:
+            get_vid = self.inode.get_vid
+            writes: list[tuple[int, int]] = []
+            wholes = False
+            for idx, at, ln in self._pieces(offset, count):
+                if may_trim and ln == size:
+                    wholes = wholes or bool(get_vid(idx))
+                elif may_trim and not get_vid(idx):
+                    pass  # a hole reads as zeros already
+                else:
+                    writes.append((at, ln))
+            if fast and writes:
+                raise FastZeroUnsupported()
+            if wholes:
+                w.discard(offset, count)
+            for at, ln in writes:
+                w.write(at, self.zeros[:ln])
+
+        self._changing(w, first, stop, body, always_exclusive=True)
+
+    def flush(self, w: Worker) -> None:
+        w.flush()
+        self.flags = w.flags  # CACHE may have turned DIRECT (sheep 1.0 without a cache)
+
+    def extents(self, count: int, offset: int, req_one: bool) -> list[tuple[int, int, bool]]:
+        """(offset, length, allocated) runs from the index, covering ``offset`` onwards
+        (the whole request, or just the first run with ``req_one``)."""
+        size, objsize = self.size, self.object_size
+        end = min(offset + count, size)
+        first = offset // objsize
+        stop = min(-(-end // objsize), SD_INODE_DATA_INDEX)
+        runs: list[tuple[int, int, bool]] = []
+        pos = first * objsize
+        for allocated, run in groupby(self.inode.data_vdi_id[first:stop], key=bool):
+            nxt = min(pos + sum(1 for _ in run) * objsize, size)
+            start = max(pos, offset)
+            runs.append((start, nxt - start, allocated))
+            if req_one:
+                break
+            pos = nxt
+        return runs
+
+
+class Session:
+    """One NBD connection: a Worker per nbdkit thread that serves it."""
+
+    def __init__(self, export: Export, readonly: bool) -> None:
+        self.export = export
+        self.readonly = readonly or export.readonly
+        self._workers: dict[int, Worker] = {}
+
+    def worker(self) -> Worker:
+        ident = threading.get_ident()
+        w = self._workers.get(ident)
+        if w is None or w.broken:
+            if w is not None:
+                w.close()
+            w = self._workers[ident] = Worker.attach(self.export)
+        return w
+
+    def pread(self, buf: memoryview, offset: int) -> None:
+        self.export.pread(self.worker(), buf, offset)
+
+    def pwrite(self, buf: memoryview, offset: int) -> None:
+        self.export.pwrite(self.worker(), buf, offset)
+
+    def trim(self, count: int, offset: int) -> None:
+        self.export.trim(self.worker(), count, offset)
+
+    def zero(self, count: int, offset: int, may_trim: bool, fast: bool) -> None:
+        self.export.zero(self.worker(), count, offset, may_trim, fast)
+
+    def flush(self) -> None:
+        self.export.flush(self.worker())
+
+    def close(self) -> None:
+        workers, self._workers = list(self._workers.values()), {}
+        for w in workers:
+            w.close()
+
+
+__all__ = ["Export", "FastZeroUnsupported", "ObjectLocks", "Session", "Worker", "errno_of",
+           "WINDOW"]
