@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from sheep.client.api import Client
+from sheep.client.volume import Volume
 from sheep.proto.constants import ClusterFlag
 from sheep.proto.placement import Ring
 from sheep.client.sync import SheepConnectionError
@@ -154,6 +155,19 @@ class Cluster:
 
     def client(self, i: int = 0) -> Client:
         return Client(self.nodes[i].host, self.nodes[i].port)
+
+    def write_volume(self, name: str, size: int, via: int = 0) -> bytes:
+        """Create VDI ``name`` full of random bytes (returned)."""
+        data = os.urandom(size)
+        with self.client(via) as c:
+            c.new_vdi(name, size)
+            Volume(c, c.read_inode(c.get_vdi_info(name).vdi_id)).write(0, data)
+        return data
+
+    def read_volume(self, name: str, via: int = 0) -> bytes:
+        with self.client(via) as c:
+            vol = Volume(c, c.read_inode(c.get_vdi_info(name).vdi_id))
+            return bytes(vol.read(0, vol.inode.header.vdi_size))
 
     def alive(self) -> list[Sheep]:
         return [s for s in self.nodes if s.proc is not None and s.proc.poll() is None]

@@ -17,20 +17,6 @@ from sheep.proto.oid import is_data_obj
 from .harness import Cluster
 
 
-def write_volume(cluster: Cluster, name: str, size: int, via: int = 0) -> bytes:
-    data = os.urandom(size)
-    with cluster.client(via) as c:
-        c.new_vdi(name, size)
-        Volume(c, c.read_inode(c.get_vdi_info(name).vdi_id)).write(0, data)
-    return data
-
-
-def read_volume(cluster: Cluster, name: str, via: int) -> bytes:
-    with cluster.client(via) as c:
-        vol = Volume(c, c.read_inode(c.get_vdi_info(name).vdi_id))
-        return bytes(vol.read(0, vol.inode.header.vdi_size))
-
-
 @pytest.fixture
 def four(make_cluster) -> Cluster:
     c = make_cluster(4)
@@ -39,12 +25,12 @@ def four(make_cluster) -> Cluster:
 
 
 def test_lost_node_redundancy_restored(four):
-    data = write_volume(four, "A", 64 << 20)
+    data = four.write_volume("A", 64 << 20)
     four.nodes[1].kill9()
     four.wait_members(3)
     four.wait_redundant()
     assert all(len(ports) == 3 for ports in four.holdings().values())
-    assert read_volume(four, "A", 2) == data
+    assert four.read_volume("A", 2) == data
 
 
 def test_added_node_takes_its_share(make_cluster):
@@ -76,7 +62,7 @@ def test_added_node_takes_its_share(make_cluster):
 
 
 def test_shutdown_and_cold_restart_in_random_order(four):
-    data = write_volume(four, "A", 32 << 20)
+    data = four.write_volume("A", 32 << 20)
     with four.client() as c:
         epoch = c.cluster_info().epoch
     four.dog("cluster", "shutdown")
@@ -94,18 +80,18 @@ def test_shutdown_and_cold_restart_in_random_order(four):
         with four.client(i) as c:
             ci = c.cluster_info()
             assert (ci.status, ci.epoch) == (1, epoch)
-    assert read_volume(four, "A", 1) == data
+    assert four.read_volume("A", 1) == data
     assert not four.misplaced()
 
 
 def test_crash_of_every_node_then_restart(four):
-    data = write_volume(four, "A", 16 << 20)
+    data = four.write_volume("A", 16 << 20)
     for s in four.nodes:
         s.kill9()
     for s in reversed(four.nodes):
         s.start()
     four.wait_members(4)
-    assert read_volume(four, "A", 0) == data
+    assert four.read_volume("A", 0) == data
 
 
 def test_node_from_another_cluster_is_refused(make_cluster, tmp_path):
@@ -164,5 +150,5 @@ def test_kill9_rounds_under_continuous_writes(four):
         vol = Volume(c, c.read_inode(c.get_vdi_info("W").vdi_id))
         bad = [off for off, d in acked.items() if vol.read(off, len(d)) != d]
     assert bad == [] and len(acked) > 50
-    digests = {hashlib.sha1(read_volume(four, "W", i)).hexdigest() for i in range(4)}
+    digests = {hashlib.sha1(four.read_volume("W", i)).hexdigest() for i in range(4)}
     assert len(digests) == 1

@@ -1,11 +1,9 @@
 """The zookeeper cluster driver against a real ZooKeeper server."""
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
-from sheep.client.volume import Volume
 from tests.cluster.harness import Cluster
 
 
@@ -14,20 +12,6 @@ def zk_cluster(tmp_path, zk, n=3, timeout_ms=2000, cid=None, hosts=None, zk_addr
     c = Cluster(tmp_path / cid, n, driver=f"zookeeper:{zk_addr}:{zk.port}/{cid},timeout={timeout_ms}",
                 hosts=hosts)
     return c
-
-
-def write(c: Cluster, name: str, size: int, via: int = 0) -> bytes:
-    data = os.urandom(size)
-    with c.client(via) as cl:
-        cl.new_vdi(name, size)
-        Volume(cl, cl.read_inode(cl.get_vdi_info(name).vdi_id)).write(0, data)
-    return data
-
-
-def read(c: Cluster, name: str, via: int) -> bytes:
-    with c.client(via) as cl:
-        vol = Volume(cl, cl.read_inode(cl.get_vdi_info(name).vdi_id))
-        return bytes(vol.read(0, vol.inode.header.vdi_size))
 
 
 def epoch(c: Cluster, i: int) -> int:
@@ -39,18 +23,18 @@ def test_cluster_over_zookeeper(tmp_path, zookeeper):
     c = zk_cluster(tmp_path, zookeeper).start()
     try:
         c.format(3)
-        data = write(c, "Z", 16 << 20)
-        assert read(c, "Z", 2) == data
+        data = c.write_volume("Z", 16 << 20)
+        assert c.read_volume("Z", 2) == data
         c.nodes[2].kill9()
         t = time.monotonic()
         c.wait_members(2, timeout=20)  # the session expires after the 2 s timeout
         assert time.monotonic() - t < 10
         assert epoch(c, 0) == epoch(c, 1) == 2
-        assert read(c, "Z", 1) == data
+        assert c.read_volume("Z", 1) == data
         c.nodes[2].start()
         c.wait_members(3, timeout=20)
         c.wait_redundant()
-        assert read(c, "Z", 2) == data
+        assert c.read_volume("Z", 2) == data
     finally:
         c.stop()
 
