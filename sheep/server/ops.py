@@ -97,6 +97,7 @@ OPS: dict[int, OpSpec] = {
     Op.CLUSTER_INFO: OpSpec("CLUSTER INFO", LO, force=True, handler=L.cluster_info, sync=True),
     Op.ALTER_CLUSTER_COPY: OpSpec("ALTER_CLUSTER_COPY", C, admin=True, handler=L.alter_cluster_copy_work,
                                   main=L.alter_cluster_copy_main),
+    Op.ALTER_VDI_COPY: OpSpec("ALTER_VDI_COPY", C, admin=True, main=V.alter_vdi_copy_main),
     Op.OIDS_EXIST: OpSpec("OIDS_EXIST", LO, force=True, handler=L.oids_exist, data_on_error=True),
     Op.READ_DEL_VDIS: OpSpec("READ_DEL_VDIS", LO, force=True, handler=L.read_vdis, sync=True),
     Op.GET_RECOVERY: OpSpec("GET_RECOVERY", LO, force=True, handler=L.get_recovery),

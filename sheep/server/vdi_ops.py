@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..proto.constants import (
-    LOCK_TYPE_NORMAL, SD_INODE_HEADER_SIZE, SD_INODE_SIZE, SD_NR_VDIS, VDI_STATE_SIZE, ClusterFlag,
+    LOCK_TYPE_NORMAL, SD_INODE_HEADER_SIZE, Status, SD_INODE_SIZE, SD_NR_VDIS, VDI_STATE_SIZE, ClusterFlag,
     Flag, Op, Res,
 )
 from ..proto.hashing import hash_vdi
@@ -245,6 +245,20 @@ async def new_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, s
     if held is not None and req.args.snapid == 0 and req.args.base_vdi_id:
         # a branch replacing the deleted locked working VDI (QEMU's goto) keeps its lock
         node.vdis.move_lock(held, new_vid)
+
+
+async def alter_vdi_copy_main(node: "Node", req: Request, rsp: Response, data: bytes, sender: SdNode) -> None:
+    """ALTER_VDI_COPY: every node records the vid's new copy count; a recovery pass then
+    moves replicas to match (dog rewrote the inode header first)."""
+    a: VdiStateArgs = req.args
+    entry = node.vdis.entries.get(a.new_vid)
+    if entry is None:
+        return
+    entry.nr_copies = a.copies
+    log.info("VDI %x now has %d copies", a.new_vid, a.copies)
+    if node.status == Status.OK:
+        await node.recovery.mark_stale(node.epoch + 1)  # replicas beyond the new count
+        node.recovery.kick()
 
 
 # ---------------------------------------------------------------------------- DEL_VDI

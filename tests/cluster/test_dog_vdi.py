@@ -5,6 +5,8 @@ normalised (VDI ids come from the name hash, so a fresh cluster reproduces them)
 """
 from __future__ import annotations
 
+from sheep.proto.hashing import hash_vdi
+
 import hashlib
 import os
 import re
@@ -513,7 +515,8 @@ def test_alter_copy(cluster):
     r = cluster.dog("vdi", "alter-copy", "-f", "-c", "2", "Solo", check=False)
     if r.returncode == 0:  # a server with ALTER_VDI_COPY
         assert err(r) == "Solo's redundancy level is set to 2, the old one was 3.\n"
-        assert " ef7c8 2  22" in listing(cluster)
+        assert f"= Solo 0 12582912 0 0 " in listing(cluster)
+        assert f" {hash_vdi('Solo'):x} 2  22\n" in listing(cluster)
     else:  # the server refuses the operation: dog puts the old header back
         assert (r.returncode, err(r)) == (1, "Response's result: Invalid parameters\n"
                                              "Changing Solo's redundancy level failure.\n")
