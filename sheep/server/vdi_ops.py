@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..proto.constants import (
-    LOCK_TYPE_NORMAL, SD_INODE_HEADER_SIZE, Status, SD_INODE_SIZE, SD_NR_VDIS, VDI_STATE_SIZE, ClusterFlag,
+    LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED, SD_INODE_HEADER_SIZE, Status, SD_INODE_SIZE, SD_NR_VDIS, VDI_STATE_SIZE, ClusterFlag,
     Flag, Op, Res,
 )
 from ..proto.hashing import hash_vdi
@@ -24,7 +24,7 @@ from ..proto.sizes import ec_policy_to_dp
 from ..proto.structs import SdNode, VdiState, pad
 from . import gateway, reclaim, vdi_family
 from .node import Reply, now_ctime, vdi_op_message
-from .vdi_table import LOCK_LOCKED, LOCK_UNLOCKED, VdiEntry
+from .vdi_table import LOCK_LOCKED, LOCK_SHARED, LOCK_UNLOCKED, MAX_PARTICIPANTS, VdiEntry
 
 if TYPE_CHECKING:
     from .node import Node
@@ -131,7 +131,11 @@ async def lock_vdi_work(node: "Node", req: Request, payload: bytes) -> Reply:
     entry = node.vdis.entries.get(vid)
     if entry is not None and entry.snapshot:
         return reply  # snapshots are immutable: readers never exclude each other
-    if req.args.type == LOCK_TYPE_NORMAL and entry is not None and entry.lock_state != LOCK_UNLOCKED:
+    if entry is not None and entry.lock_state == LOCK_LOCKED:
+        return Reply(Res.VDI_LOCKED)  # a normal lock excludes everyone
+    if entry is not None and req.args.type == LOCK_TYPE_NORMAL and entry.lock_state != LOCK_UNLOCKED:
+        return Reply(Res.VDI_LOCKED)  # shared participants exclude a normal lock
+    if entry is not None and len(entry.participants) >= MAX_PARTICIPANTS:
         return Reply(Res.VDI_LOCKED)
     return reply
 
@@ -140,6 +144,11 @@ async def lock_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, 
     if not node.flags & ClusterFlag.USE_LOCK or rsp.result != Res.SUCCESS:
         return
     entry = node.vdis.entries.get(rsp.args.vdi_id)
+    if entry is not None and not entry.snapshot and req.args.type == LOCK_TYPE_SHARED:
+        entry.lock_state = LOCK_SHARED
+        if sender.nid not in entry.participants:
+            entry.participants.append(sender.nid)
+        return
     if entry is not None and not entry.snapshot:
         entry.lock_state = LOCK_LOCKED
         entry.lock_owner = sender.nid
@@ -151,6 +160,10 @@ async def release_vdi_main(node: "Node", req: Request, rsp: Response, data: byte
         if node.flags & ClusterFlag.USE_LOCK:
             log.info("unlocking unlocked VDI %x", req.args.base_vdi_id)
         return
+    if entry.lock_state == LOCK_SHARED:  # the sender leaves the participants
+        entry.participants = [p for p in entry.participants if p != sender.nid]
+        if entry.participants:
+            return
     entry.lock_state, entry.lock_owner = LOCK_UNLOCKED, None
 
 
@@ -299,7 +312,7 @@ async def del_vdi_main(node: "Node", req: Request, rsp: Response, data: bytes, s
         if entry.lock_state != LOCK_UNLOCKED and not entry.snapshot:
             node.vdis.handover[bytes(data[:256])] = vid  # see new_vdi_main
         else:
-            entry.lock_state, entry.lock_owner = LOCK_UNLOCKED, None
+            entry.lock_state, entry.lock_owner, entry.participants = LOCK_UNLOCKED, None, []
 
 
 # ---------------------------------------------------------------------------- state exchange

@@ -5,12 +5,14 @@ Pure in-memory data; every node keeps an identical copy, updated by cluster ops.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..proto.constants import SD_NR_VDIS, VDI_BITMAP_SIZE
 from ..proto.structs import NodeId, VdiState
 
 LOCK_UNLOCKED, LOCK_LOCKED, LOCK_SHARED = 1, 2, 3
+PARTICIPANT_SHARED = 2  # participants_state: 1 modified, 2 shared, 3 invalidated
+MAX_PARTICIPANTS = 31
 
 
 @dataclass
@@ -23,6 +25,7 @@ class VdiEntry:
     parent_vid: int = 0
     lock_state: int = LOCK_UNLOCKED
     lock_owner: NodeId | None = None
+    participants: list[NodeId] = field(default_factory=list)  # shared locks (iSCSI multipath)
 
 
 class Bitmap:
@@ -136,8 +139,9 @@ class VdiTable:
                 vid=vid, nr_copies=e.nr_copies, snapshot=int(e.snapshot), deleted=int(e.deleted),
                 copy_policy=e.copy_policy, block_size_shift=e.block_size_shift,
                 parent_vid=e.parent_vid, lock_state=e.lock_state,
-                lock_owner=e.lock_owner or NodeId(bytes(16), 0), nr_participants=0,
-                participants_state=[], participants=[]))
+                lock_owner=e.lock_owner or NodeId(bytes(16), 0),
+                participants_state=[PARTICIPANT_SHARED] * len(e.participants),
+                participants=list(e.participants)))
         return out
 
     def merge_state(self, st: VdiState) -> None:

@@ -51,3 +51,29 @@ def test_node_info_and_kill(cluster):
     assert victim.proc.wait(10) == 0
     cluster.wait_members(2)
     assert cluster.dog("node", "list", "-r").stdout.decode().count("\n") == 2
+
+
+def test_shared_locks(lock_cluster):
+    """LOCK_TYPE_SHARED (iSCSI multipath): participants coexist and exclude a normal lock."""
+    from sheep.client.sync import SheepError
+    from sheep.proto.constants import Op, Res
+    from sheep.proto.header import Request
+    from sheep.proto.structs import VdiState
+
+    with lock_cluster.client() as c:
+        c.new_vdi("Shared", 64 << 20)
+    for i in (0, 1):
+        with lock_cluster.client(i) as c:
+            c.lock_vdi("Shared", lock_type=1)
+    with lock_cluster.client(2) as c:
+        try:
+            c.lock_vdi("Shared")
+            raise AssertionError("a normal lock must not join shared participants")
+        except SheepError as e:
+            assert e.result == Res.VDI_LOCKED
+        rsp, data = c.call(Request(Op.GET_VDI_COPIES, data_length=1428 * 16))
+        states = [VdiState.decode(data, off) for off in range(0, len(data), 1428)]
+    (st,) = [s for s in states if s.lock_state != 1]
+    assert st.lock_state == 3 and len(st.participants) == 2
+    out = lock_cluster.dog("vdi", "lock", "list").stdout.decode()
+    assert out.count("(shared)") == 2
