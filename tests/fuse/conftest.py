@@ -157,37 +157,6 @@ class SheepFs:
 
 
 @pytest.fixture
-def make_cluster(tmp_path):
-    made: list[Cluster] = []
-
-    def make(n: int = 3, start: bool = True) -> Cluster:
-        c = Cluster(tmp_path / f"c{len(made)}", n)
-        made.append(c)
-        return c.start() if start else c
-
-    yield make
-    for c in made:
-        c.stop()
-
-
-@pytest.fixture
-def cluster(make_cluster) -> Cluster:
-    """Three formatted nodes (copies=3)."""
-    c = make_cluster(3)
-    c.format(3)
-    return c
-
-
-@pytest.fixture
-def lock_cluster(make_cluster) -> Cluster:
-    """Three nodes formatted with USE_LOCK (`dog cluster format -l`), copies=3: only there
-    does LOCK_VDI lock, so only there can a test see sheepfs hold and release locks."""
-    c = make_cluster(3)
-    c.dog("cluster", "format", "-l", "-c", "3")
-    return c
-
-
-@pytest.fixture
 def make_fs(tmp_path):
     """Start sheepfs processes (``-f`` unless ``foreground=False``) on the sheep ``port``."""
     started: list[SheepFs] = []
