@@ -125,6 +125,11 @@ def vdi_write(ctx: Context, args: list[str]) -> int:
         done += len(buf)
         if eof:
             break
+    try:
+        vol.flush()  # -w: CMD_CACHE writes are durable once flushed
+    except (SheepError, SheepConnectionError):
+        err("Failed to write VDI")
+        return EXIT_FAILURE
     return EXIT_SUCCESS
 
 

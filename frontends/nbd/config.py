@@ -23,7 +23,7 @@ socket=PATH          or its unix socket (instead of address/port)
 readonly=true|false  refuse writes (default false; a snapshot is always read-only)
 timeout=SECONDS      fail a request with EIO when the sheep is silent that long (default 90)
 route=true|false     send object I/O straight to a sheep holding the object (default true);
-                     false: everything through the one sheep, with CMD_CACHE as QEMU does"""
+                     false: everything through the one sheep"""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -412,11 +412,14 @@ class Export:
         self.window = window
         self.router = Router(cfg.home, cfg.timeout) if cfg.route else None
         try:
-            # Routed I/O reaches several gateways: a sheep 1.0 object cache (one per
-            # gateway) must be bypassed, so CMD_DIRECT; unrouted, CMD_CACHE as QEMU.
+            # CMD_CACHE as QEMU's default writeback: writes are durable after a flush
+            # (NBD's own contract), and FLUSH_VDI makes every node fdatasync what it
+            # holds, whichever sheep the routed writes went to (sheep/server/writeback.py).
+            # sheep 1.0 answers the flush INVALID_PARMS: its writes were synchronous,
+            # and the handle turns to CMD_DIRECT.
             self.master = VdiClient.open(cfg.vdi, snapid=cfg.snapid, tag=cfg.tag,
                                          readonly=bool(cfg.readonly), lock=not cfg.readonly,
-                                         direct=cfg.route, window=window, **cfg.connect_args)
+                                         window=window, **cfg.connect_args)
         except SheepConnectionError as e:
             raise SheepConnectionError(f"{cfg.describe()}: {e}") from None
         except SheepError as e:

@@ -12,8 +12,8 @@ avoided for a while and its requests are sent again through the configured sheep
 "home" connection), whose gateway retries across membership changes.  Everything that is
 not object I/O (locks, flushes, lookups) always goes home.
 
-A sheep 1.0 object cache lives on the gateway that received the write, so routed I/O must
-bypass it: the export then opens the VDI with CMD_DIRECT (QEMU's ``cache=none``).
+Writes carry CMD_CACHE and are made durable by FLUSH_VDI, which the home sheep passes to
+every node as FLUSH_PEER: where a routed write landed does not matter.
 """
 from __future__ import annotations
 

@@ -223,18 +223,8 @@ class VdiClient:
         return len(idxs)
 
     def flush(self) -> None:
-        """FLUSH_VDI on the I/O connection, in CACHE mode only (DIRECT writes are durable
-        when acknowledged).  INVALID_PARMS (sheep 1.0) switches to DIRECT, as QEMU does."""
-        vol = self._volume
-        if not vol.flags & Flag.CMD_CACHE:
-            return
-        req = Client.obj_request(Op.FLUSH_VDI, vid_to_vdi_oid(self.vid), 0, flags=vol.flags,
-                                 copies=self.inode.header.nr_copies)
-        rsp, _ = self._io.call(req)
-        if rsp.result == Res.INVALID_PARMS:
-            vol.flags = vol.flags & ~Flag.CMD_CACHE | Flag.CMD_DIRECT
-        elif rsp.result != Res.SUCCESS:
-            raise SheepError(rsp.result)
+        """`Volume.flush` on the I/O connection (QEMU's ``sd_co_flush_to_disk``)."""
+        self._volume.flush()
 
     def extents(self) -> Iterator[tuple[int, int, bool]]:
         """(offset, length, allocated) runs over the VDI, from the in-memory index."""

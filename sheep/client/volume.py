@@ -12,7 +12,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..proto.constants import Op, Res
+from ..proto.constants import Flag, Op, Res
 from ..proto.inode import STORE_POLICY_HYPER, Inode
 from ..proto.oid import data_vid_offset, vid_to_data_oid, vid_to_vdi_oid
 from .api import Client
@@ -61,6 +61,20 @@ class Volume:
     @property
     def object_size(self) -> int:
         return 1 << self.inode.header.block_size_shift
+
+    def flush(self) -> None:
+        """FLUSH_VDI, in CACHE mode only (DIRECT writes are durable when acknowledged);
+        SUCCESS means every node fdatasynced the CACHE writes it holds.  INVALID_PARMS
+        (sheep 1.0, whose writes are synchronous) switches to DIRECT, as QEMU does."""
+        if not self.flags & Flag.CMD_CACHE:
+            return
+        req = Client.obj_request(Op.FLUSH_VDI, vid_to_vdi_oid(self.vid), 0, flags=self.flags,
+                                 copies=self.inode.header.nr_copies)
+        rsp, _ = self.client.conn.call(req)
+        if rsp.result == Res.INVALID_PARMS:
+            self.flags = self.flags & ~Flag.CMD_CACHE | Flag.CMD_DIRECT
+        elif rsp.result != Res.SUCCESS:
+            raise SheepError(rsp.result)
 
     # ------------------------------------------------------------------ mapping
 

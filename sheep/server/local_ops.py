@@ -24,6 +24,7 @@ from ..proto.structs import SdNode, EpochLog, RecoveryThrottling, cstr, decode_e
 from . import gateway, reclaim
 from .node import Reply
 from .store import StoreError
+from .writeback import is_cached
 
 if TYPE_CHECKING:
     from .node import Node
@@ -64,7 +65,11 @@ async def peer_write(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if a.offset + len(payload) > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
-    return await _store_call(node, node.store.write, a.oid, a.offset, payload)
+    cached = is_cached(req.flags)
+    reply = await _store_call(node, node.store.write, a.oid, a.offset, payload, not cached)
+    if cached and reply.result == Res.SUCCESS:
+        node.writeback.note(a.oid)
+    return reply
 
 
 async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -74,7 +79,12 @@ async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> R
     size = _peer_size(node, req)
     if a.offset + len(payload) > size:
         return Reply(Res.INVALID_PARMS)
-    return await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size)
+    cached = is_cached(req.flags)
+    reply = await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size,
+                              not cached)
+    if cached and reply.result == Res.SUCCESS:
+        node.writeback.note(a.oid)
+    return reply
 
 
 async def peer_remove(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -288,11 +298,6 @@ async def get_hash(node: "Node", req: Request, payload: bytes) -> Reply:
     except StoreError as e:
         return Reply(e.result)
     return Reply(Res.SUCCESS, args=HashRsp(digest=digest))
-
-
-async def flush_vdi(node: "Node", req: Request, payload: bytes) -> Reply:
-    """Writes are synchronous (O_DSYNC) unless -n, so a flush has nothing left to do."""
-    return Reply(Res.SUCCESS)
 
 
 async def noop(node: "Node", req: Request, payload: bytes) -> Reply:
