@@ -25,7 +25,7 @@ from .node import Node, Options
 log = logging.getLogger("sheep")
 
 VERSION = "1.0"
-DRIVERS = ("local", "zookeeper")
+DRIVERS = ("local", "zookeeper", "corosync")
 
 HELP = """Sheepdog daemon (version {version})
 Usage: sheep [OPTION]... [PATH] (default: {tmp})
@@ -179,6 +179,13 @@ def parse(argv: list[str]) -> Options:
                 o.cluster = value
                 if o.advertise_addr == "127.0.0.1" and not o.bind_addr:
                     pass  # -y or -b name the address other hosts reach us on
+            elif driver == "corosync":
+                from .cluster.corosync import parse_option as parse_corosync
+                try:
+                    parse_corosync(arg)
+                except ValueError as e:
+                    die(f"Invalid cluster driver option '{value}': {e}")
+                o.cluster = value
             else:
                 o.cluster = f"local:{os.path.abspath(arg)}" if arg else o.cluster
         elif letter == "z":
@@ -241,6 +248,9 @@ def make_driver(spec: str):
     if name == "zookeeper":
         from .cluster.zookeeper import ZookeeperDriver
         return ZookeeperDriver(arg)
+    if name == "corosync":
+        from .cluster.corosync import CorosyncDriver
+        return CorosyncDriver(arg)
     from .cluster.local import LocalDriver
     return LocalDriver(arg)
 
