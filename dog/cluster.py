@@ -7,15 +7,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sheep.client.sync import SheepConnectionError, SheepError
-from sheep.proto.constants import STORE_LEN, ClusterFlag, Op, Res
-from sheep.proto.header import Request
+from sheep.proto.constants import (
+    SD_DEFAULT_COPIES, SD_MAX_NODES, SD_NODE_SIZE, STORE_LEN, ClusterFlag, Op, Res,
+)
+from sheep.proto.header import ClusterArgs, Request
+from sheep.proto.inode import Inode
 from sheep.proto.sizes import format_copies
 from sheep.proto.structs import EpochLog, NodeId
 
 from .common import (
-    EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, Context, confirm, err, localtime_str, out,
-    parse_copies_opt, parse_shift_opt, report_conn_error, send_light_req,
+    EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Context, confirm, err, localtime_str,
+    out, parse_copies_opt, parse_shift_opt, parse_vdi, report_conn_error, run_nested,
+    send_light_req,
 )
+from .vdi_check import check_repair
 
 DEFAULT_STORE = "plain"
 
@@ -228,8 +233,119 @@ def cluster_shutdown(ctx: Context, args: list[str]) -> int:
     return EXIT_SUCCESS
 
 
+# ---------------------------------------------------------------- recover, reweight, check, alter-copy
+
+RECOVER_PRINT = ("Caution! Please try starting all the cluster nodes normally before\n"
+                 "running this command.\n\n"
+                 "The cluster may need to be force recovered if:\n"
+                 "  - the master node fails to start because of epoch mismatch; or\n"
+                 "  - some nodes fail to start after a cluster shutdown.\n\n"
+                 "Are you sure you want to continue? [yes/no]: ")
+ALTER_CLUSTER_COPY_PRINT = ("    __\n"
+                            "   ()'`;\n"
+                            "   /\\|`  Caution! Changing cluster's redundancy level will affect\n"
+                            "  /  |   all the VDIs to be created later.\n"
+                            "(/_)_|_  Are you sure you want to continue? [yes/no]: ")
+
+
+def recover_force(ctx: Context, args: list[str]) -> int:
+    """FORCE_RECOVER: a cluster waiting for missing nodes goes on with the ones present."""
+    if not ctx.opts.force:
+        confirm(RECOVER_PRINT)
+    rsp, _ = ctx.client().call(Request(Op.FORCE_RECOVER, data_length=SD_MAX_NODES * SD_NODE_SIZE))
+    if rsp.result != Res.SUCCESS:
+        err(f"failed to execute request, {SheepError(rsp.result)}")
+        return EXIT_FAILURE
+    return EXIT_SUCCESS
+
+
+def _switch_recovery(ctx: Context, opcode: int, word: str) -> int:
+    if not send_light_req(ctx, Request(opcode)):
+        return EXIT_FAILURE
+    out(f"Cluster recovery: {word}\n")
+    return EXIT_SUCCESS
+
+
+def recover_enable(ctx: Context, args: list[str]) -> int:
+    return _switch_recovery(ctx, Op.ENABLE_RECOVER, "enable")
+
+
+def recover_disable(ctx: Context, args: list[str]) -> int:
+    return _switch_recovery(ctx, Op.DISABLE_RECOVER, "disable")
+
+
+RECOVER_HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
+    "force": recover_force,
+    "enable": recover_enable,
+    "disable": recover_disable,
+}
+
+
+def cluster_recover(ctx: Context, args: list[str]) -> int:
+    return run_nested(ctx, args, RECOVER_HANDLERS)
+
+
+def cluster_reweight(ctx: Context, args: list[str]) -> int:
+    """REWEIGHT: every node re-measures its store; a changed weight starts a new epoch."""
+    return EXIT_SUCCESS if send_light_req(ctx, Request(Op.REWEIGHT)) else EXIT_FAILURE
+
+
+def check_line(inode: Inode) -> str:
+    h = inode.header
+    if h.is_snapshot:
+        return f'fix snapshot {h.name} (id: {h.snap_id}, tag: "{h.tag}")\n'
+    return f"fix vdi {h.name}\n"
+
+
+def cluster_check(ctx: Context, args: list[str]) -> int:
+    """`vdi check` (compare and repair) of every VDI and snapshot, in vid order."""
+    for _, inode in parse_vdi(ctx, with_index=True):
+        out(check_line(inode))
+        check_repair(ctx, inode)
+    return EXIT_SUCCESS
+
+
+def cluster_alter_copy(ctx: Context, args: list[str]) -> int:
+    """ALTER_CLUSTER_COPY: the default copy count of VDIs created from now on."""
+    o = ctx.opts
+    if o.copy_policy:
+        err("Changing redundancy level of erasure coded vdi is not supported yet.")
+        return EXIT_USAGE
+    copies = o.copies
+    if not copies:
+        copies = SD_DEFAULT_COPIES
+        out(f"The cluster's redundancy level is not specified, use {copies} as default.\n")
+    nr_nodes = len(ctx.nodes)
+    if not o.force and copies > nr_nodes:
+        confirm(f"Number of copies ({copies}) is larger than number of nodes ({nr_nodes}).\n"
+                f"Are you sure you want to continue? [yes/no]: ")
+    result, logs = ctx.client().stat_cluster(nr_nodes, max_epochs=1)
+    if result != Res.SUCCESS or not logs:
+        err(f"Response's result: {SheepError(result)}")
+        return EXIT_FAILURE
+    old = logs[0].nr_copies
+    if logs[0].copy_policy:
+        err("The cluster's copy policy is erasure code, changing it is not supported yet.")
+        return EXIT_FAILURE
+    if old == copies:
+        err(f"The cluster's redundancy level is already set to {copies}, nothing changed.")
+        return EXIT_FAILURE
+    if not o.force:
+        confirm(ALTER_CLUSTER_COPY_PRINT)
+    if not send_light_req(ctx, Request(Op.ALTER_CLUSTER_COPY,
+                                       args=ClusterArgs(copies=copies, copy_policy=0))):
+        err("Changing the cluster's redundancy level failure.")
+        return EXIT_FAILURE
+    err(f"The cluster's redundancy level is set to {copies}, the old one was {old}.")
+    return EXIT_SUCCESS
+
+
 HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
     "info": cluster_info,
     "format": cluster_format,
     "shutdown": cluster_shutdown,
+    "recover": cluster_recover,
+    "reweight": cluster_reweight,
+    "check": cluster_check,
+    "alter-copy": cluster_alter_copy,
 }

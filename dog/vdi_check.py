@@ -11,11 +11,9 @@ from typing import Iterator
 
 from sheep.client.sync import SheepConnectionError, SheepError
 from sheep.proto.constants import Flag, Op, Res
-from sheep.proto.header import Request
+from sheep.proto.header import ForwArgs, Request
 from sheep.proto.inode import Inode
-from sheep.proto.oid import (
-    data_oid_to_idx, is_data_obj, object_size, vid_to_data_oid, vid_to_vdi_oid,
-)
+from sheep.proto.oid import data_oid_to_idx, is_data_obj, vid_to_data_oid, vid_to_vdi_oid
 from sheep.proto.placement import Ring
 from sheep.proto.structs import EpochLog, SdNode
 
@@ -166,25 +164,20 @@ def _hashes(ctx: Context, oids: list[int], copies: int) -> dict[int, list[Replic
     return {oid: [Replica(n, digests[oid, n]) for n in nodes] for oid, nodes in owners.items()}
 
 
-def repair_replica(ctx: Context, oid: int, src: SdNode, dst: SdNode, shift: int) -> bool:
-    """Copy ``oid`` from ``src`` to ``dst``: READ_PEER of the whole object, then
-    CREATE_AND_WRITE_PEER (the server has no REPAIR_REPLICA)."""
-    size = object_size(oid, shift)
-    read = Request(Op.READ_PEER, 0, size, epoch=ctx.epoch)
-    read.args.oid = oid
+def repair_replica(ctx: Context, oid: int, src: SdNode, dst: SdNode) -> bool:
+    """REPAIR_REPLICA to ``dst``: it fetches ``oid`` from ``src`` (READ_PEER at our
+    epoch) and stores it, as `vdi_repair_work` asks."""
+    req = Request(Op.REPAIR_REPLICA, epoch=ctx.epoch,
+                  args=ForwArgs(oid=oid, addr=src.nid.addr, port=src.nid.port))
     try:
-        rsp, data = ctx.node_client(src).call(read)
-        if rsp.result == Res.SUCCESS:
-            write = Request(Op.CREATE_AND_WRITE_PEER, Flag.CMD_WRITE, len(data), epoch=ctx.epoch)
-            write.args.oid = oid
-            rsp, _ = ctx.node_client(dst).call(write, data)
+        rsp, _ = ctx.node_client(dst).call(req)
     except SheepConnectionError as e:
         report_conn_error(e)
         return False
     return rsp.result == Res.SUCCESS
 
 
-def _check_object(ctx: Context, oid: int, replicas: list[Replica], shift: int) -> None:
+def _check_object(ctx: Context, oid: int, replicas: list[Replica]) -> None:
     majority = vote_majority(replicas)
     if majority is None:
         if all(r.digest is None for r in replicas):
@@ -195,7 +188,7 @@ def _check_object(ctx: Context, oid: int, replicas: list[Replica], shift: int) -
     for r in replicas:
         if r is majority or r.digest == majority.digest:
             continue
-        if repair_replica(ctx, oid, majority.node, r.node, shift):
+        if repair_replica(ctx, oid, majority.node, r.node):
             out(f"fixed {'replica' if r.digest is not None else 'missing'} {oid:016x}\n")
         else:
             err(f"failed to repair object {oid:016x} from {majority.node.nid} to {r.node.nid}")
@@ -217,7 +210,7 @@ def check_repair(ctx: Context, inode: Inode) -> int:
 
     def flush() -> None:
         for oid, replicas in _hashes(ctx, batch, copies).items():
-            _check_object(ctx, oid, replicas, h.block_size_shift)
+            _check_object(ctx, oid, replicas)
         last = batch[-1]
         done = (data_oid_to_idx(last) + 1) * objsize if is_data_obj(last) else 0
         show_progress(min(done, h.vdi_size), h.vdi_size)

@@ -18,6 +18,9 @@ from ..proto.structs import SdNode
 from . import local_ops as L
 from . import vdi_attr as A
 from . import vdi_ops as V
+from . import writeback as W
+from .repair import repair_replica
+from .stats import counted
 from .node import Reply, vdi_op_message
 
 if TYPE_CHECKING:
@@ -61,7 +64,7 @@ OPS: dict[int, OpSpec] = {
     Op.RELEASE_VDI: OpSpec("RELEASE_VDI", C, main=V.release_vdi_main),
     Op.GET_VDI_INFO: OpSpec("GET_VDI_INFO", C, handler=V.get_vdi_info_work),
     Op.READ_VDIS: OpSpec("READ_VDIS", LO, force=True, handler=L.read_vdis, sync=True),
-    Op.FLUSH_VDI: OpSpec("FLUSH_VDI", LO, handler=L.flush_vdi),
+    Op.FLUSH_VDI: OpSpec("FLUSH_VDI", G, handler=W.gw_flush),
     Op.DEL_VDI: OpSpec("DEL_VDI", C, admin=True, handler=V.del_vdi_work, main=V.del_vdi_main),
     Op.GET_CLUSTER_DEFAULT: OpSpec("GET_CLUSTER_DEFAULT", LO, force=True, handler=L.get_cluster_default),
     Op.GET_NODE_LIST: OpSpec("GET_NODE_LIST", LO, force=True, handler=L.get_node_list, sync=True),
@@ -86,6 +89,7 @@ OPS: dict[int, OpSpec] = {
     Op.REMOVE_PEER: OpSpec("REMOVE_PEER", P, handler=L.peer_remove),
     Op.ENABLE_RECOVER: OpSpec("ENABLE_RECOVER", C, admin=True, main=L.recover_main),
     Op.DISABLE_RECOVER: OpSpec("DISABLE_RECOVER", C, admin=True, main=L.recover_main),
+    Op.FLUSH_PEER: OpSpec("FLUSH_PEER", LO, handler=W.peer_flush),
     Op.COMPLETE_RECOVERY: OpSpec("COMPLETE_RECOVERY", C, force=True, main=L.complete_recovery_main),
     Op.GET_VDI_COPIES: OpSpec("GET_VDI_COPIES", LO, force=True, handler=V.get_vdi_copies, sync=True),
     Op.NOTIFY_VDI_ADD: OpSpec("NOTIFY_VDI_ADD", C, force=True, main=V.notify_vdi_add_main),
@@ -105,6 +109,7 @@ OPS: dict[int, OpSpec] = {
     Op.GET_VNODES: OpSpec("GET_VNODES", LO, handler=L.get_vnodes),
     Op.DECREF_OBJ: OpSpec("DECREF_OBJ", G, handler=L.gw_decref),
     Op.DECREF_PEER: OpSpec("DECREF_PEER", P, handler=L.peer_decref),
+    Op.REPAIR_REPLICA: OpSpec("REPAIR_REPLICA", LO, handler=repair_replica),
 }
 
 
@@ -185,12 +190,13 @@ async def dispatch(node: "Node", req: Request, payload: bytes) -> Reply:
     if node.suspended and spec.kind in (Kind.GATEWAY, Kind.PEER) and not await node.wait_resumed(30):
         return Reply(Res.NETWORK_ERROR)  # cut off from the cluster: acknowledge nothing
     try:
-        if spec.kind is Kind.PEER:
-            return await execute_peer(node, req, payload)
-        if spec.kind is Kind.CLUSTER:
-            return await run_cluster_op(node, spec, req, payload)
-        assert spec.handler is not None
-        return await spec.handler(node, req, payload)
+        with counted(node.stats, req, gateway=spec.kind is Kind.GATEWAY, peer=spec.kind is Kind.PEER):
+            if spec.kind is Kind.PEER:
+                return await execute_peer(node, req, payload)
+            if spec.kind is Kind.CLUSTER:
+                return await run_cluster_op(node, spec, req, payload)
+            assert spec.handler is not None
+            return await spec.handler(node, req, payload)
     except Exception:
         log.exception("%s failed", spec.name)
         return Reply(Res.SYSTEM_ERROR)
