@@ -483,11 +483,18 @@ def node_format(ctx: Context, args: list[str]) -> int:
     return EXIT_SUCCESS
 
 
+def node_md(ctx: Context, args: list[str]) -> int:
+    """`dog node md ...` lives in node_md.py (imported here lazily: it uses this module)."""
+    from .node_md import node_md as run
+    return run(ctx, args)
+
+
 HANDLERS: dict[str, Callable[[Context, list[str]], int]] = {
     "kill": node_kill,
     "list": node_list,
     "info": node_info,
     "recovery": node_recovery,
+    "md": node_md,
     "stat": node_stat,
     "log": node_log,
     "vnodes": node_vnodes,

@@ -18,8 +18,10 @@ from typing import NoReturn
 import trio
 
 from ..proto.constants import SD_LISTEN_PORT, Status
-from . import logger
+from ..proto.structs import MD_MAX_DISK
+from . import logger, md_ops
 from .cluster.base import JoinRejected
+from .md import DiskError, load_dropped, open_disk, save_dropped
 from .node import Node, Options
 
 log = logging.getLogger("sheep")
@@ -143,12 +145,26 @@ def _int_in(text: str, lo: int, hi: int) -> int | None:
     return int(text) if text.isdigit() and lo <= int(text) <= hi else None
 
 
+def _store_paths(store: str) -> tuple[str, list[str]]:
+    """`PATH` or `META,DISK1,DISK2,...` (multi-disk): the store directory and the object
+    directories (`PATH/obj` for a single path)."""
+    meta_dir, *disks = store.split(",")
+    if not meta_dir or any(not d for d in disks):
+        die(f"Invalid store path '{store}': empty directory name in the list")
+    paths = [os.path.abspath(d) for d in disks]
+    if len(paths) > MD_MAX_DISK:
+        die(f"Invalid store path '{store}': at most {MD_MAX_DISK} disks")
+    for i, p in enumerate(paths):
+        if p in paths[:i]:
+            die(f"Invalid store path '{store}': disk {p} is given twice")
+    return os.path.abspath(meta_dir), paths or [os.path.join(os.path.abspath(meta_dir), "obj")]
+
+
 def parse(argv: list[str]) -> Options:
     opts, args = getopt(argv)
     store = args[0] if args else tempfile.gettempdir()
-    meta_dir, *disks = store.split(",")
-    o = Options(store_dir=os.path.abspath(meta_dir),
-                obj_dir=os.path.abspath(disks[0]) if disks else os.path.join(os.path.abspath(meta_dir), "obj"))
+    store_dir, obj_dirs = _store_paths(store)
+    o = Options(store_dir=store_dir, obj_dirs=obj_dirs)
     o.cluster = f"local:{os.path.join(tempfile.gettempdir(), 'sheepdog_local')}"
     for letter, value in opts:
         if letter == "h":
@@ -306,6 +322,7 @@ async def run(opts: Options, listeners, ready) -> int:
     from .vdi_ops import scan_local_inodes
 
     node = Node(opts, make_driver(opts.cluster))
+    md_ops.attach(node)
     await trio.to_thread.run_sync(node.load_local_state)
     await trio.to_thread.run_sync(scan_local_inodes, node)
     log.info("sheep %s starting: %s, store %s, driver %s", VERSION, node.me.nid.log_str(),
@@ -322,6 +339,7 @@ async def run(opts: Options, listeners, ready) -> int:
             return 1
         await nursery.start(serve, node, listeners)
         nursery.start_soon(node.recovery.run)
+        md_ops.start(node)
         ready()
         nursery.start_soon(_signals, node)
         await node.shutdown_event.wait()
@@ -344,15 +362,32 @@ async def _signals(node: Node) -> None:
             node.shutdown_event.set()
 
 
+def _open_disks(opts: Options) -> list[str]:
+    """Check every object directory here, on the terminal, rather than in the daemon.  A
+    disk dropped while in use (md.py) may hold outdated copies: it is emptied."""
+    dropped = load_dropped(opts.store_dir)
+    emptied = [p for p in opts.obj_dirs if p in dropped]
+    for path in opts.obj_dirs:
+        try:
+            open_disk(path, purge=path in dropped)
+        except DiskError as e:
+            die(str(e))
+    if emptied:
+        save_dropped(opts.store_dir, dropped - set(emptied))
+    return emptied
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = parse(sys.argv[1:] if argv is None else argv)
     os.makedirs(opts.store_dir, exist_ok=True)
-    os.makedirs(opts.obj_dir, exist_ok=True)
+    emptied = _open_disks(opts)
     status_fd = None if opts.foreground else daemonize()
     lock_fd = lock_store(opts.store_dir)
     pid_fd = write_pidfile(opts.pidfile) if opts.pidfile else None
     log_path = os.path.join(opts.log_dir or opts.store_dir, "sheep.log")
     logger.setup(log_path, opts.log_level, opts.log_format, opts.log_dst)
+    for path in emptied:
+        log.warning("disk %s was dropped while in use (failed or unplugged): emptied", path)
     try:
         listeners = __import__("sheep.server.server", fromlist=["make_listeners"]).make_listeners(
             opts.bind_addr, opts.port, os.path.join(opts.store_dir, "sock"))

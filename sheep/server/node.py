@@ -31,7 +31,7 @@ log = logging.getLogger("sheep")
 @dataclass
 class Options:
     store_dir: str
-    obj_dir: str
+    obj_dirs: list[str]  # STORE/obj, or the disks of `sheep STORE,DISK1,DISK2,...`
     port: int = 7000
     bind_addr: str | None = None
     advertise_addr: str = "127.0.0.1"
@@ -80,7 +80,7 @@ class Node:
         self.opts = opts
         self.driver = driver
         self.meta = MetaStore(opts.store_dir)
-        self.store = ObjectStore(opts.obj_dir, nosync=opts.nosync)
+        self.store = ObjectStore(opts.obj_dirs, nosync=opts.nosync)
         self.vdis = VdiTable()
         self.stats = SdStat()
         self.log_level = opts.log_level

@@ -17,6 +17,7 @@ from ..proto.header import Request, Response, proto_ver_ok
 from ..proto.structs import SdNode
 from . import local_ops as L
 from . import vdi_attr as A
+from . import md_ops as MD
 from . import vdi_ops as V
 from . import writeback as W
 from .repair import repair_replica
@@ -93,6 +94,9 @@ OPS: dict[int, OpSpec] = {
     Op.COMPLETE_RECOVERY: OpSpec("COMPLETE_RECOVERY", C, force=True, main=L.complete_recovery_main),
     Op.GET_VDI_COPIES: OpSpec("GET_VDI_COPIES", LO, force=True, handler=V.get_vdi_copies, sync=True),
     Op.NOTIFY_VDI_ADD: OpSpec("NOTIFY_VDI_ADD", C, force=True, main=V.notify_vdi_add_main),
+    Op.MD_INFO: OpSpec("MD_INFO", LO, handler=MD.md_info),
+    Op.MD_PLUG: OpSpec("MD_PLUG_DISKS", LO, admin=True, handler=MD.md_plug),
+    Op.MD_UNPLUG: OpSpec("MD_UNPLUG_DISKS", LO, admin=True, handler=MD.md_unplug),
     Op.GET_HASH: OpSpec("GET_HASH", LO, handler=L.get_hash),
     Op.STAT: OpSpec("STAT", LO, handler=L.stat),
     Op.GET_LOGLEVEL: OpSpec("GET_LOGLEVEL", LO, force=True, handler=L.get_loglevel),

@@ -1,21 +1,40 @@
-"""The plain object store (objects.md §11): `obj/<oid %016x>`, `config`, `epoch/NNNNNNNN`.
+"""The object store (objects.md §9.6, §11): objects as files on one or more disks, plus
+`config` and `epoch/`.
 
-Every method here is blocking and is called from a worker thread
-(`trio.to_thread.run_sync`); none of them touches daemon state.  Objects are created
-atomically (unique temp file, ``ftruncate`` to the full size so unwritten parts stay
-sparse zeros, ``fsync``, ``rename``, directory ``fsync``); writes use ``O_DSYNC``.
-``nosync`` (``sheep -n``) drops both.
+Single disk (`sheep STORE`): objects are `STORE/obj/<oid %016x>`, stale copies
+`STORE/obj/.stale/<oid>.<epoch>`.  Multi-disk (`sheep STORE,DISK1,DISK2,...`): each disk
+holds `<oid>` files and its own `.stale/`, and an object belongs on the disk md.py's vdisk
+ring names.  Lookups fall back to the other disks, so an object that a plug or unplug has
+not moved yet (md_ops.py moves them) is still found.
+
+Every I/O method is blocking and is called from a worker thread
+(`trio.to_thread.run_sync`); none of them touches daemon state.  The disk table is an
+immutable `DiskSet` that only the trio thread replaces (`set_table`), so each call works
+on one consistent snapshot.  A worker that meets a failing disk reports it through
+``on_disk_failure`` (md.py hands it to the trio thread, which removes the disk) and answers
+SD_RES_NETWORK_ERROR so that the requester retries, as md.c did; the last disk is never
+removed (its errors are SD_RES_EIO).
+
+Objects are created atomically (unique temp file, ``ftruncate`` to the full size so
+unwritten parts stay sparse zeros, ``fsync``, ``rename``, directory ``fsync``); writes use
+``O_DSYNC``.  ``nosync`` (``sheep -n``) drops both.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import uuid
+from typing import Callable, Sequence
 
 from ..proto.constants import Res
 from ..proto.structs import SdNode, SheepdogConfig, decode_epoch_file, encode_epoch_file
+from .md import STALE, Disk, DiskError, DiskSet, free_space, open_disk, purge_dir
+
+log = logging.getLogger("sheep.store")
+
 
 
 class StoreError(Exception):
@@ -24,32 +43,132 @@ class StoreError(Exception):
         self.result = result
 
 
-def _oserror_result(e: OSError) -> int:
-    if e.errno == errno.ENOENT:
-        return Res.NO_OBJ
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return Res.NO_SPACE
-    return Res.EIO
+def _name(oid: int, ec_index: int | None = None) -> str:
+    return f"{oid:016x}" if ec_index is None else f"{oid:016x}_{ec_index}"
+
+
+def _oid_of(name: str) -> int | None:
+    """The oid of a live object file name, or None (temp files, strips, `.stale`)."""
+    if len(name) != 16 or name.startswith("."):
+        return None
+    try:
+        return int(name, 16)
+    except ValueError:
+        return None
+
+
+def _stale_oid(name: str) -> tuple[int, int] | None:
+    """(oid, epoch tag) of a `.stale/<oid>.<epoch>` name, or None."""
+    oid_hex, _, tag = name.partition(".")
+    try:
+        return int(oid_hex, 16), int(tag) if tag.isdigit() else -1
+    except ValueError:
+        return None
+
+
+def _move_file(src: str, dst: str, nosync: bool) -> None:
+    """rename(2), or copy + rename + unlink across file systems (EXDEV)."""
+    try:
+        os.rename(src, dst)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    tmp = f"{dst}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        shutil.copyfile(src, tmp)
+        if not nosync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.rename(tmp, dst)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.unlink(src)
 
 
 class ObjectStore:
-    """Objects of this node, one file each, under ``objdir``."""
+    """Objects of this node, one file each, on one or more disks."""
 
-    def __init__(self, objdir: str, *, nosync: bool = False) -> None:
-        self.objdir = objdir
+    def __init__(self, objdirs: str | Sequence[str], *, nosync: bool = False) -> None:
+        paths = [objdirs] if isinstance(objdirs, str) else list(objdirs)
         self.nosync = nosync
-        os.makedirs(os.path.join(objdir, ".stale"), exist_ok=True)
+        self.table = DiskSet(open_disk(p) for p in paths)
+        # called from worker threads with a failing disk's path (md.attach installs it)
+        self.on_disk_failure: Callable[[str], None] | None = None
+
+    @property
+    def objdir(self) -> str:
+        """The first disk (the only one unless multi-disk)."""
+        return self.table.disks[0].path
+
+    def set_table(self, table: DiskSet) -> None:
+        """Swap the disk table (trio thread only; workers keep the snapshot they started with)."""
+        self.table = table
 
     def path(self, oid: int, ec_index: int | None = None) -> str:
-        name = f"{oid:016x}" if ec_index is None else f"{oid:016x}_{ec_index}"
-        return os.path.join(self.objdir, name)
+        """Where the object belongs: its file on its home disk."""
+        return os.path.join(self.table.home(oid).path, _name(oid, ec_index))
+
+    # -- errors: a missing file is NO_OBJ, a full disk NO_SPACE, anything else a failing disk
+
+    def _disk_failed(self, disk: Disk, e: OSError) -> StoreError:
+        table, hook = self.table, self.on_disk_failure
+        if hook is not None and table.find(disk.path) is not None \
+                and (len(table.disks) > 1 or disk in table.retiring):
+            log.error("disk %s failed: %s", disk.path, e)
+            hook(disk.path)
+            return StoreError(Res.NETWORK_ERROR, f"disk {disk.path} failed: {e}")
+        return StoreError(Res.EIO, f"{disk.path}: {e}")
+
+    def _error(self, disk: Disk | None, e: OSError) -> StoreError:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(Res.NO_SPACE, str(e))
+        if disk is not None and (e.errno != errno.ENOENT or not os.path.isdir(disk.path)):
+            return self._disk_failed(disk, e)
+        return StoreError(Res.NO_OBJ if e.errno == errno.ENOENT else Res.EIO, str(e))
+
+    def _locate(self, oid: int, table: DiskSet | None = None) -> tuple[Disk, str] | None:
+        """The object's file: on its home disk, else on any other disk (not moved yet)."""
+        table = table or self.table
+        home = table.home(oid)
+        name = _name(oid)
+        for disk in (home, *(d for d in table.all() if d is not home)):
+            path = os.path.join(disk.path, name)
+            try:
+                os.stat(path)
+                return disk, path
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise self._disk_failed(disk, e) from e
+        for disk in table.all():  # absent everywhere: is a disk itself gone?
+            if not os.path.isdir(disk.path):
+                raise self._disk_failed(disk, FileNotFoundError(errno.ENOENT, "disk directory vanished",
+                                                                disk.path))
+        return None
+
+    def _find(self, oid: int) -> tuple[Disk | None, str]:
+        found = self._locate(oid)
+        if found is None:
+            raise StoreError(Res.NO_OBJ)
+        return found
+
+    # -- object I/O
 
     def read_into(self, oid: int, offset: int, buf: memoryview, path: str | None = None) -> None:
         """Fill ``buf`` from the object (or the file ``path``); parts beyond the end read as zeros."""
+        disk, path = (self.table.disk_of(path), path) if path else self._find(oid)
         try:
-            fd = os.open(path or self.path(oid), os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except OSError as e:
-            raise StoreError(_oserror_result(e), str(e)) from e
+            raise self._error(disk, e) from e
         try:
             done = 0
             while done < len(buf):
@@ -59,12 +178,12 @@ class ObjectStore:
                     break
                 done += n
         except OSError as e:
-            raise StoreError(Res.EIO, str(e)) from e
+            raise self._error(disk, e) from e
         finally:
             os.close(fd)
 
     def read(self, oid: int, offset: int, length: int, *, stale_ok: bool = False) -> bytearray:
-        """Read from obj/; with ``stale_ok`` fall back to the newest stale copy (recovery)."""
+        """Read the live object; with ``stale_ok`` fall back to the newest stale copy (recovery)."""
         buf = bytearray(length)
         path = None
         if stale_ok and not self.exists(oid):
@@ -75,16 +194,17 @@ class ObjectStore:
         self.read_into(oid, offset, memoryview(buf), path)
         return buf
 
-    def write(self, oid: int, offset: int, data: bytes | memoryview) -> None:
-        flags = os.O_WRONLY | (0 if self.nosync else os.O_DSYNC)
+    def write(self, oid: int, offset: int, data: bytes | memoryview, sync: bool = True) -> None:
+        """``sync=False``: a writeback write, made durable by a later `sync_objects`."""
+        disk, path = self._find(oid)
         try:
-            fd = os.open(self.path(oid), flags)
+            fd = os.open(path, os.O_WRONLY | (os.O_DSYNC if sync and not self.nosync else 0))
         except OSError as e:
-            raise StoreError(_oserror_result(e), str(e)) from e
+            raise self._error(disk, e) from e
         try:
             self._pwrite_all(fd, data, offset)
         except OSError as e:
-            raise StoreError(_oserror_result(e), str(e)) from e
+            raise self._error(disk, e) from e
         finally:
             os.close(fd)
 
@@ -96,9 +216,15 @@ class ObjectStore:
             view = view[n:]
             offset += n
 
-    def create_and_write(self, oid: int, offset: int, data: bytes | memoryview, obj_size: int) -> None:
-        """Create (or replace) the object: zeros except ``data`` at ``offset``."""
-        final = self.path(oid)
+    def create_and_write(self, oid: int, offset: int, data: bytes | memoryview, obj_size: int,
+                         sync: bool = True) -> None:
+        """Create (or replace) the object on its home disk: zeros except ``data`` at ``offset``.
+        A copy left on another disk (not moved yet) is dropped: it is older.  The rename
+        keeps it atomic either way; ``sync=False`` leaves the fsyncs to `sync_objects`."""
+        sync = sync and not self.nosync
+        table = self.table
+        home = table.home(oid)
+        final = os.path.join(home.path, _name(oid))
         tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -106,66 +232,117 @@ class ObjectStore:
                 os.ftruncate(fd, obj_size)
                 if len(data):
                     self._pwrite_all(fd, data, offset)
-                if not self.nosync:
+                if sync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
-            if not self.nosync:
-                self._sync_dir()
+            if sync:
+                self._sync_dir(home.path)
         except OSError as e:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise StoreError(_oserror_result(e), str(e)) from e
+            raise self._error(home, e) from e
+        for disk in table.all():
+            if disk is not home:
+                self._unlink_quietly(disk, os.path.join(disk.path, _name(oid)))
 
-    def _sync_dir(self) -> None:
-        dfd = os.open(self.objdir, os.O_RDONLY | os.O_DIRECTORY)
+    def _unlink_quietly(self, disk: Disk, path: str) -> bool:
+        """Remove a file if present (a failing disk is reported, not raised)."""
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            self._error(disk, e)
+            return False
+
+    def sync_objects(self, oids: list[int]) -> None:
+        """fdatasync each object written with ``sync=False`` (gone ones are skipped: moved
+        to .stale or removed since), then the directories that hold their names."""
+        if self.nosync:
+            return
+        dirs: dict[str, Disk] = {}
+        for oid in oids:
+            found = self._locate(oid)
+            if found is None:
+                continue
+            disk, path = found
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise self._error(disk, e) from e
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                raise self._error(disk, e) from e
+            finally:
+                os.close(fd)
+            dirs[os.path.dirname(path)] = disk
+        for path, disk in dirs.items():
+            try:
+                self._sync_dir(path)
+            except OSError as e:
+                raise self._error(disk, e) from e
+
+    @staticmethod
+    def _sync_dir(path: str) -> None:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
 
     def remove(self, oid: int) -> None:
-        try:
-            os.unlink(self.path(oid))
-        except OSError as e:
-            raise StoreError(_oserror_result(e), str(e)) from e
+        """Remove the object wherever it is."""
+        table = self.table
+        self._find(oid)
+        removed = [self._unlink_quietly(d, os.path.join(d.path, _name(oid))) for d in table.all()]
+        if not any(removed):
+            raise StoreError(Res.NO_OBJ)
 
     def exists(self, oid: int) -> bool:
-        return os.path.exists(self.path(oid))
+        try:
+            return self._locate(oid) is not None
+        except StoreError:
+            return False  # a failing disk: reported, and its objects count as lost
 
     def sha1(self, oid: int, obj_size: int, path: str | None = None) -> bytes:
         """SHA-1 of the full logical object (zero-extended to ``obj_size``)."""
+        disk, path = (self.table.disk_of(path), path) if path else self._find(oid)
         h = hashlib.sha1()
         try:
-            with open(path or self.path(oid), "rb") as f:
+            with open(path, "rb") as f:
                 done = 0
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                     done += len(chunk)
         except OSError as e:
-            raise StoreError(_oserror_result(e), str(e)) from e
+            raise self._error(disk, e) from e
         if done < obj_size:
             h.update(bytes(obj_size - done))
         return h.digest()
 
+    def _listdir(self, disk: Disk, sub: str = "") -> list[str]:
+        """Names in a disk (or its `.stale/`); a failing disk is reported and lists nothing."""
+        try:
+            return os.listdir(os.path.join(disk.path, sub) if sub else disk.path)
+        except OSError as e:
+            self._error(disk, e)
+            return []
+
     def list_oids(self, *, stale: bool = False) -> list[int]:
-        """Objects in obj/ (with ``stale``: also those only in .stale/), ascending."""
+        """Objects on every disk (with ``stale``: also those only in .stale/), ascending."""
         out = set()
-        for name in os.listdir(self.objdir):
-            if len(name) == 16 and not name.startswith("."):
-                try:
-                    out.add(int(name, 16))
-                except ValueError:
-                    pass
-        if stale:
-            for name in os.listdir(self.stale_dir):
-                try:
-                    out.add(int(name.split(".", 1)[0], 16))
-                except ValueError:
-                    pass
+        for disk in self.table.all():
+            out.update(o for o in map(_oid_of, self._listdir(disk)) if o is not None)
+            if stale:
+                out.update(s[0] for s in map(_stale_oid, self._listdir(disk, STALE)) if s is not None)
         return sorted(out)
 
     def object_list(self, flags: int) -> list[int]:
@@ -178,69 +355,135 @@ class ObjectStore:
             return self.list_oids(stale=True)
         live = set(self.list_oids())
         newest: dict[int, int] = {}
-        for name in os.listdir(self.stale_dir):
-            oid_hex, _, tag = name.partition(".")
-            try:
-                oid = int(oid_hex, 16)
-            except ValueError:
-                continue
-            if oid not in live and tag.isdigit():
-                newest[oid] = max(newest.get(oid, -1), int(tag))
+        for disk in self.table.all():
+            for parsed in map(_stale_oid, self._listdir(disk, STALE)):
+                if parsed is not None and parsed[0] not in live and parsed[1] >= 0:
+                    newest[parsed[0]] = max(newest.get(parsed[0], -1), parsed[1])
         return [v for oid in sorted(newest) for v in (oid, newest[oid])]
 
     # -- stale copies: objects this node no longer owns, kept until every node recovered
 
-    @property
-    def stale_dir(self) -> str:
-        return os.path.join(self.objdir, ".stale")
-
     def move_to_stale(self, oid: int, epoch: int) -> None:
+        """Into the `.stale/` of the disk the object is on."""
         try:
-            os.rename(self.path(oid), os.path.join(self.stale_dir, f"{oid:016x}.{epoch}"))
+            found = self._locate(oid)
+        except StoreError:
+            return
+        if found is None:
+            return
+        disk, path = found
+        try:
+            os.rename(path, os.path.join(disk.path, STALE, f"{oid:016x}.{epoch}"))
         except FileNotFoundError:
             pass
+        except OSError as e:
+            self._error(disk, e)
 
     def stale_versions(self, oid: int) -> list[tuple[int, str]]:
-        """(epoch, path) of every stale copy of ``oid``, oldest first."""
+        """(epoch, path) of every stale copy of ``oid`` on any disk, oldest first."""
         prefix = f"{oid:016x}."
         out = []
-        for name in os.listdir(self.stale_dir):
-            if name.startswith(prefix) and name[len(prefix):].isdigit():
-                out.append((int(name[len(prefix):]), os.path.join(self.stale_dir, name)))
+        for disk in self.table.all():
+            for name in self._listdir(disk, STALE):
+                if name.startswith(prefix) and name[len(prefix):].isdigit():
+                    out.append((int(name[len(prefix):]), os.path.join(disk.path, STALE, name)))
         return sorted(out)
 
     def restore_stale(self, oid: int, path: str) -> None:
         """A stale copy proved current (same hash as a live replica): make it live again."""
-        os.rename(path, self.path(oid))
-        if not self.nosync:
-            self._sync_dir()
+        home = self.table.home(oid)
+        try:
+            _move_file(path, os.path.join(home.path, _name(oid)), self.nosync)
+            if not self.nosync:
+                self._sync_dir(home.path)
+        except OSError as e:
+            raise self._error(home, e) from e
 
     def purge_stale(self) -> int:
-        names = os.listdir(self.stale_dir)
-        for name in names:
-            os.unlink(os.path.join(self.stale_dir, name))
-        return len(names)
+        purged = 0
+        for disk in self.table.all():
+            for name in self._listdir(disk, STALE):
+                self._unlink_quietly(disk, os.path.join(disk.path, STALE, name))
+                purged += 1
+        return purged
 
     def purge(self) -> None:
         """Delete every object (MAKE_FS)."""
-        for name in os.listdir(self.objdir):
-            p = os.path.join(self.objdir, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
-        os.makedirs(os.path.join(self.objdir, ".stale"), exist_ok=True)
+        for disk in self.table.all():
+            try:
+                purge_dir(disk.path)
+                os.makedirs(os.path.join(disk.path, STALE), exist_ok=True)
+            except OSError as e:
+                self._error(disk, e)
 
-    def used_bytes(self) -> int:
+    # -- space
+
+    def _used(self, disk: Disk) -> int:
         total = 0
-        for entry in os.scandir(self.objdir):
-            if entry.is_file():
-                total += entry.stat().st_blocks * 512
+        try:
+            for entry in os.scandir(disk.path):
+                if entry.is_file():
+                    total += entry.stat().st_blocks * 512
+        except FileNotFoundError:
+            pass  # a file removed while we walked
+        except OSError as e:
+            self._error(disk, e)
         return total
 
+    def _free(self, disk: Disk) -> int:
+        try:
+            return free_space(disk.path)
+        except OSError as e:
+            self._error(disk, e)
+            return 0
+
+    def used_bytes(self) -> int:
+        return sum(self._used(d) for d in self.table.disks)
+
     def free_bytes(self) -> int:
-        st = os.statvfs(self.objdir)
-        return st.f_bavail * st.f_frsize
+        return sum(self._free(d) for d in self.table.disks)
+
+    def disk_usage(self) -> list[tuple[str, int, int]]:
+        """(path, free, used) of each active disk in table order (MD_INFO)."""
+        return [(d.path, self._free(d), self._used(d)) for d in self.table.disks]
+
+    # -- moving objects between disks (md.py calls these under the object's lock)
+
+    def misplaced(self, disk_path: str) -> list[int]:
+        """Objects with a live or stale file on this disk that belong on another one."""
+        table = self.table
+        disk = table.find(disk_path)
+        if disk is None:
+            return []
+        oids = {o for o in map(_oid_of, self._listdir(disk)) if o is not None}
+        oids.update(s[0] for s in map(_stale_oid, self._listdir(disk, STALE)) if s is not None)
+        return sorted(o for o in oids if table.home(o) is not disk)
+
+    def move_home(self, oid: int, disk_path: str) -> None:
+        """Move the object's files on ``disk_path`` to its home disk.  A live copy already
+        at home wins (the one here is a leftover); stale copies keep their names."""
+        table = self.table
+        src, home = table.find(disk_path), table.home(oid)
+        if src is None or src is home:
+            return
+        live = os.path.join(src.path, _name(oid))
+        try:
+            if os.path.exists(live):
+                dst = os.path.join(home.path, _name(oid))
+                if os.path.exists(dst):
+                    os.unlink(live)
+                else:
+                    _move_file(live, dst, self.nosync)
+            prefix = f"{oid:016x}."
+            for name in os.listdir(os.path.join(src.path, STALE)):
+                if name.startswith(prefix):
+                    _move_file(os.path.join(src.path, STALE, name),
+                               os.path.join(home.path, STALE, name), self.nosync)
+            if not self.nosync:
+                self._sync_dir(home.path)
+        except OSError as e:
+            culprit = src if table.disk_of(getattr(e, "filename", "") or "") is src else home
+            raise self._error(culprit, e) from e
 
 
 class MetaStore:

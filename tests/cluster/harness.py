@@ -56,7 +56,13 @@ class Sheep:
         self.host = host
         self.netns = netns
         self.store = cluster.root / str(idx)
+        self.disks: list[Path] = []  # multi-disk: `sheep STORE,DISK1,DISK2,...`
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def obj_dirs(self) -> list[Path]:
+        """The object directories the command line names (STORE/obj without disks)."""
+        return list(self.disks) or [self.store / "obj"]
 
     @property
     def pid(self) -> int:
@@ -65,7 +71,7 @@ class Sheep:
 
     def start(self, *extra: str, wait: bool = True) -> None:
         cmd = [SHEEP, "-f", "-c", self.cluster.driver, "-z", str(self.idx),
-               "-p", str(self.port), "-l", "level=debug", *extra, str(self.store)]
+               "-p", str(self.port), "-l", "level=debug", *extra, ",".join(map(str, [self.store, *self.disks]))]
         if self.netns:  # a host of its own: listen on and advertise its address
             cmd = ["ip", "netns", "exec", self.netns, *cmd[:1], "-b", self.host, "-y", self.host, *cmd[1:]]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -128,9 +134,10 @@ class Cluster:
         """oid -> ports of the live nodes that store it in obj/."""
         held: dict[int, set[int]] = {}
         for s in self.alive():
-            for name in os.listdir(s.store / "obj"):
-                if len(name) == 16:
-                    held.setdefault(int(name, 16), set()).add(s.port)
+            for d in s.obj_dirs:
+                for name in os.listdir(d) if d.is_dir() else ():
+                    if len(name) == 16:
+                        held.setdefault(int(name, 16), set()).add(s.port)
         return held
 
     def misplaced(self, copies: int = 3) -> list[int]:
@@ -142,7 +149,8 @@ class Cluster:
                 if ports != {n.nid.port for n in ring.oid_to_nodes(oid, copies)}]
 
     def stale_count(self) -> int:
-        return sum(len(os.listdir(s.store / "obj" / ".stale")) for s in self.alive())
+        return sum(len(os.listdir(d / ".stale")) for s in self.alive() for d in s.obj_dirs
+                   if (d / ".stale").is_dir())
 
     def wait_redundant(self, timeout: float = 60, copies: int = 3) -> None:
         deadline = time.monotonic() + timeout
