@@ -48,7 +48,9 @@ def attach(node: "Node") -> None:
 
 def start(node: "Node") -> None:
     """Once the node's nursery runs: a multi-disk node checks where its objects are (and
-    records disks that failed before it could)."""
+    records disks that failed before it could).  Objects gone while it was down (a disk
+    failed, emptied or left out of the command line) come back by the recovery pass that
+    joining, or leaving WAIT at a cold restart, starts anyway."""
     lost = [p for p in node.opts.obj_dirs if node.store.table.find(p) is None]
     if lost:
         node.spawn(_dropped, node, lost)

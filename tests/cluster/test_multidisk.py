@@ -251,6 +251,29 @@ def test_failed_disk_is_removed_and_its_objects_recovered(md_cluster, failure):
     assert (broken / f"{old:016x}").read_bytes() == (c.nodes[1].store / "obj" / f"{old:016x}").read_bytes()
 
 
+def test_disk_left_out_at_restart_is_refilled(md_cluster):
+    """A cold restart (same epoch, no membership change) with a disk missing from the
+    command line: the node recovers what that disk held from the other nodes."""
+    c = md_cluster(3)
+    data = c.write_volume("A", 64 << 20)
+    chunks = write_many(c, "B")
+    everything = node0_objects(c)
+    left_out = c.nodes[0].disks.pop(1)
+    assert objects_on(left_out)
+    c.dog("cluster", "shutdown")
+    for s in c.nodes:
+        assert s.proc.wait(15) == 0
+    for s in c.nodes:
+        s.start()
+    c.wait_members(3)
+    wait_until("node 0 to hold every object again", lambda: node0_objects(c) == everything)
+    homes = home_disks(c.nodes[0].disks, everything)
+    assert all(oid in objects_on(homes[oid]) for oid in everything)
+    assert [r[6] for r in md_rows(c)] == sorted(str(d) for d in c.nodes[0].disks)
+    assert md5(c.read_volume("A")) == md5(data)
+    assert read_many(c, "B", chunks)
+
+
 def test_bad_paths_are_refused(md_cluster, tmp_path):
     c = md_cluster(2)
     disks = c.nodes[0].disks
