@@ -23,6 +23,7 @@ from ..proto.placement import Ring, recalculate_vnodes
 from ..proto.structs import ClusterInfo, NodeId, SdNode, SdStat, SheepdogConfig, sort_nodes
 from .cluster.base import Member
 from .store import MetaStore, ObjectStore
+from .writeback import Writeback
 from .vdi_table import VdiTable
 
 log = logging.getLogger("sheep")
@@ -81,6 +82,7 @@ class Node:
         self.driver = driver
         self.meta = MetaStore(opts.store_dir)
         self.store = ObjectStore(opts.obj_dirs, nosync=opts.nosync)
+        self.writeback = Writeback()  # CMD_CACHE writes not yet fdatasynced
         self.vdis = VdiTable()
         self.stats = SdStat()
         self.log_level = opts.log_level
