@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import trio
 
 from ..proto.constants import Res, Status
 from ..proto.header import Request
 from ..proto.structs import MD_MAX_DISK, MdInfo, SdMdInfo, cstr
-from .md import Disk, DiskError, load_dropped, open_disk, save_dropped
+from .md import Disk, DiskError, DiskSet, load_dropped, open_disk, save_dropped
 from .node import Reply
 
 if TYPE_CHECKING:
@@ -58,22 +58,59 @@ def start(node: "Node") -> None:
         node.spawn(rebalance, node, False)
 
 
-def _disk_failed(node: "Node", path: str) -> None:
-    """Trio thread: drop a failing disk (idempotent: several workers may report it)."""
-    try:
+async def _change_table(node: "Node", change: Callable[[DiskSet], DiskSet | None]) -> DiskSet | None:
+    """Replace the disk table by ``change(table)``, which builds the new ring (CPU work on
+    big disks: in a worker thread) from a snapshot; the swap happens on the trio thread
+    only if nobody changed the table meanwhile, else ``change`` runs again.  ``change``
+    returns None when there is nothing to do, or raises ValueError to refuse."""
+    while True:
         table = node.store.table
+        new = await node.io(change, table)
+        if new is None:
+            return None
+        if node.store.table is table:
+            node.store.set_table(new)
+            return new
+
+
+def _without(path: str) -> Callable[[DiskSet], DiskSet | None]:
+    def change(table: DiskSet) -> DiskSet | None:
         disk = table.find(path)
         if disk is None or (disk in table.disks and len(table.disks) == 1):
-            return
-        node.store.set_table(table.replace([d for d in table.disks if d is not disk],
-                                           [d for d in table.retiring if d is not disk]))
-        log.error("disk %s failed and is removed; %d disks left, recovering its objects",
-                  path, len(node.store.table.disks))
-        if node._nursery is not None:
-            node.spawn(_dropped, node, [path])
-            node.spawn(_recover, node)
+            return None  # gone already, or the last disk (the store answers EIO)
+        return table.replace([d for d in table.disks if d is not disk],
+                             [d for d in table.retiring if d is not disk])
+    return change
+
+
+_failing: set[str] = set()  # disks whose removal is under way (trio thread only)
+
+
+def _disk_failed(node: "Node", path: str) -> None:
+    """Trio thread: a worker met a failing disk (several may report the same one)."""
+    try:
+        if node._nursery is None:  # starting up: nothing else runs yet
+            new = _without(path)(node.store.table)
+            if new is not None:
+                node.store.set_table(new)
+                log.error("disk %s failed and is removed", path)
+        elif path not in _failing:
+            _failing.add(path)
+            node.spawn(_drop_failed, node, path)
     except Exception:  # never let a report crash the event loop
         log.exception("handling the failure of disk %s", path)
+
+
+async def _drop_failed(node: "Node", path: str) -> None:
+    try:
+        if await _change_table(node, _without(path)) is None:
+            return
+    finally:
+        _failing.discard(path)
+    log.error("disk %s failed and is removed; %d disks left, recovering its objects",
+              path, len(node.store.table.disks))
+    await _dropped(node, [path])
+    await _recover(node)
 
 
 async def _dropped(node: "Node", dropped: Iterable[str], plugged: Iterable[str] = ()) -> None:
@@ -108,10 +145,12 @@ async def rebalance(node: "Node", recover: bool = True) -> None:
                 except Exception as e:
                     failed += 1
                     log.error("cannot move %016x off %s: %s", oid, disk.path, e)
-    drained = [d for d in walked.retiring if d in store.table.retiring]
-    if drained:
-        store.set_table(store.table.replace(retiring=[d for d in store.table.retiring if d not in drained]))
-        for d in drained:
+    def drop_drained(table: DiskSet) -> DiskSet | None:
+        left = [d for d in table.retiring if d not in walked.retiring]
+        return table.replace(retiring=left) if len(left) < len(table.retiring) else None
+
+    if await _change_table(node, drop_drained) is not None:
+        for d in walked.retiring:
             log.info("disk %s unplugged", d.path)
     if moved or failed:
         log.info("moved %d objects between disks (%d failed)", moved, failed)
@@ -142,11 +181,10 @@ def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def _plug_problem(node: "Node", paths: list[str]) -> str | None:
+def _plug_problem(table: DiskSet, store_dir: str, paths: list[str]) -> str | None:
     """Why these directories cannot be plugged (they will be emptied), or None."""
     if not paths:
         return "no path given"
-    table = node.store.table
     known = [d.path for d in table.all()]
     if len(table.disks) + len(paths) > MD_MAX_DISK:
         return f"a node has at most {MD_MAX_DISK} disks"
@@ -157,7 +195,7 @@ def _plug_problem(node: "Node", paths: list[str]) -> str | None:
             return f"{p}: given twice"
         if p in known:
             return f"{p}: already a disk of this node"
-        for other in known + [node.opts.store_dir]:
+        for other in known + [store_dir]:
             if _inside(p, other) or _inside(other, p):
                 return f"{p}: overlaps {other}, which this node uses"
     return None
@@ -167,7 +205,7 @@ async def md_plug(node: "Node", req: Request, payload: bytes) -> Reply:
     if node.opts.gateway:
         return Reply(Res.GATEWAY_MODE)
     paths = _paths(payload)
-    problem = _plug_problem(node, paths)
+    problem = _plug_problem(node.store.table, node.opts.store_dir, paths)
     if problem is not None:
         log.error("cannot plug %s: %s", ",".join(paths), problem)
         return Reply(Res.UNKNOWN)
@@ -178,12 +216,18 @@ async def md_plug(node: "Node", req: Request, payload: bytes) -> Reply:
     except DiskError as e:
         log.error("cannot plug %s: %s", ",".join(paths), e)
         return Reply(Res.UNKNOWN)
-    problem = _plug_problem(node, paths)  # the table may have changed meanwhile
-    if problem is not None:
-        log.error("cannot plug %s: %s", ",".join(paths), problem)
+
+    def plug(table: DiskSet) -> DiskSet:
+        problem = _plug_problem(table, node.opts.store_dir, paths)  # it may have changed meanwhile
+        if problem is not None:
+            raise ValueError(problem)
+        return table.replace(list(table.disks) + new)
+
+    try:
+        await _change_table(node, plug)
+    except ValueError as e:
+        log.error("cannot plug %s: %s", ",".join(paths), e)
         return Reply(Res.UNKNOWN)
-    table = node.store.table
-    node.store.set_table(table.replace(list(table.disks) + new))
     await _dropped(node, [], paths)  # emptied: nothing old left on them
     for d in new:
         log.info("disk %s plugged, vdisk nr %d, total disk %d", d.path, len(d.points),
@@ -195,22 +239,25 @@ async def md_plug(node: "Node", req: Request, payload: bytes) -> Reply:
 async def md_unplug(node: "Node", req: Request, payload: bytes) -> Reply:
     if node.opts.gateway:
         return Reply(Res.GATEWAY_MODE)
-    paths = _paths(payload)
-    table = node.store.table
-    active = {d.path: d for d in table.disks}
-    unknown = [p for p in paths if p not in active]
-    if not paths or unknown:
-        log.error("cannot unplug %s: %s", ",".join(paths),
-                  f"not a disk of this node: {', '.join(unknown)}" if unknown else "no path given")
+    paths = list(dict.fromkeys(_paths(payload)))
+
+    def unplug(table: DiskSet) -> DiskSet:
+        active = {d.path: d for d in table.disks}
+        unknown = [p for p in paths if p not in active]
+        if not paths or unknown:
+            raise ValueError(f"not a disk of this node: {', '.join(unknown)}" if unknown else "no path given")
+        if len(paths) == len(table.disks):
+            raise ValueError("a node keeps at least one disk")
+        leaving = [active[p] for p in paths]
+        return table.replace([d for d in table.disks if d not in leaving], list(table.retiring) + leaving)
+
+    try:
+        await _change_table(node, unplug)
+    except ValueError as e:
+        log.error("cannot unplug %s: %s", ",".join(paths), e)
         return Reply(Res.UNKNOWN)
-    leaving = [active[p] for p in dict.fromkeys(paths)]
-    if len(leaving) == len(table.disks):
-        log.error("cannot unplug %s: a node keeps at least one disk", ",".join(paths))
-        return Reply(Res.UNKNOWN)
-    node.store.set_table(table.replace([d for d in table.disks if d not in leaving],
-                                       list(table.retiring) + leaving))
-    await _dropped(node, [d.path for d in leaving])
-    log.info("unplugging %s: moving its objects to the other disks", ",".join(d.path for d in leaving))
+    await _dropped(node, paths)
+    log.info("unplugging %s: moving its objects to the other disks", ",".join(paths))
     node.spawn(rebalance, node)
     return Reply(Res.SUCCESS)
 
