@@ -11,13 +11,14 @@ Every I/O method is blocking and is called from a worker thread
 (`trio.to_thread.run_sync`); none of them touches daemon state.  The disk table is an
 immutable `DiskSet` that only the trio thread replaces (`set_table`), so each call works
 on one consistent snapshot.  A worker that meets a failing disk reports it through
-``on_disk_failure`` (md.py hands it to the trio thread, which removes the disk) and answers
+``on_disk_failure`` (md_ops.py hands it to the trio thread, which removes the disk) and answers
 SD_RES_NETWORK_ERROR so that the requester retries, as md.c did; the last disk is never
 removed (its errors are SD_RES_EIO).
 
 Objects are created atomically (unique temp file, ``ftruncate`` to the full size so
 unwritten parts stay sparse zeros, ``fsync``, ``rename``, directory ``fsync``); writes use
-``O_DSYNC``.  ``nosync`` (``sheep -n``) drops both.
+``O_DSYNC``.  ``nosync`` (``sheep -n``) drops both; so does ``sync=False`` (writeback writes,
+made durable later by `sync_objects`).
 """
 from __future__ import annotations
 
@@ -31,10 +32,9 @@ from typing import Callable, Sequence
 
 from ..proto.constants import Res
 from ..proto.structs import SdNode, SheepdogConfig, decode_epoch_file, encode_epoch_file
-from .md import STALE, Disk, DiskError, DiskSet, free_space, open_disk, purge_dir
+from .md import STALE, Disk, DiskSet, free_space, open_disk, purge_dir
 
 log = logging.getLogger("sheep.store")
-
 
 
 class StoreError(Exception):
