@@ -25,13 +25,18 @@ def flush_vdi(cluster, vid: int, via: int) -> int:
         return rsp.result
 
 
-def test_flush_reaches_every_node_that_holds_cached_writes(make_cluster):
+def cluster_with_vdi(make_cluster, copies: int, size: int, **open_args):
+    """A 3-node cluster with copies ``copies``, the VDI Alice and a QEMU-style handle on it."""
     cluster = make_cluster(3)
-    cluster.format(3)
-    data = os.urandom(12 * MB)
+    cluster.format(copies)
     with cluster.client() as c:
-        vid = c.new_vdi("Alice", 32 * MB).vdi_id
-    h = VdiClient.open("Alice", port=cluster.nodes[0].port)
+        vid = c.new_vdi("Alice", size).vdi_id
+    return cluster, vid, VdiClient.open("Alice", port=cluster.nodes[0].port, **open_args)
+
+
+def test_flush_reaches_every_node_that_holds_cached_writes(make_cluster):
+    cluster, vid, h = cluster_with_vdi(make_cluster, 3, 32 * MB)
+    data = os.urandom(12 * MB)
     try:
         assert h.flags & Flag.CMD_CACHE  # QEMU's default writeback mode
         h.write(0, data)
@@ -52,11 +57,7 @@ def test_flush_reaches_every_node_that_holds_cached_writes(make_cluster):
 
 
 def test_direct_writes_leave_nothing_to_flush(make_cluster):
-    cluster = make_cluster(3)
-    cluster.format(2)
-    with cluster.client() as c:
-        vid = c.new_vdi("Alice", 16 * MB).vdi_id
-    h = VdiClient.open("Alice", port=cluster.nodes[0].port, direct=True)
+    cluster, vid, h = cluster_with_vdi(make_cluster, 2, 16 * MB, direct=True)
     try:
         assert h.flags & Flag.CMD_DIRECT and not h.flags & Flag.CMD_CACHE
         h.write(0, os.urandom(6 * MB))
@@ -68,12 +69,8 @@ def test_direct_writes_leave_nothing_to_flush(make_cluster):
 
 
 def test_flush_after_a_node_died_succeeds_without_it(make_cluster):
-    cluster = make_cluster(3)
-    cluster.format(3)
+    cluster, vid, h = cluster_with_vdi(make_cluster, 3, 16 * MB)
     data = os.urandom(8 * MB)
-    with cluster.client() as c:
-        vid = c.new_vdi("Alice", 16 * MB).vdi_id
-    h = VdiClient.open("Alice", port=cluster.nodes[0].port)
     try:
         h.write(0, data)
         cluster.nodes[2].kill9()  # its cached writes are its page cache's: still replicated
