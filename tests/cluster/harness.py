@@ -84,7 +84,7 @@ class Sheep:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"sheep {self.idx} exited: {self.proc.stderr.read().decode()}")
             try:
-                with Client(self.host, self.port) as c:
+                with Client(self.host, self.port, timeout=self.cluster.client_timeout) as c:
                     c.get_node_list()
                     return
             except (SheepConnectionError, OSError):
@@ -115,10 +115,13 @@ class Sheep:
 
 class Cluster:
     def __init__(self, root: Path, n: int, driver: str | None = None,
-                 hosts: list[tuple[str, str | None]] | None = None) -> None:
+                 hosts: list[tuple[str, str | None]] | None = None,
+                 client_timeout: float | None = None) -> None:
         """``driver``: the ``-c`` argument (default: a local driver dir of our own);
-        ``hosts``: (address, network namespace) per node (default: loopback)."""
+        ``hosts``: (address, network namespace) per node (default: loopback);
+        ``client_timeout``: socket timeout of the harness's clients (None: wait forever)."""
         self.root = root
+        self.client_timeout = client_timeout
         self.driver_dir = root / "cluster"
         self.driver = driver or f"local:{self.driver_dir}"
         hosts = hosts or [("127.0.0.1", None)] * n
@@ -143,7 +146,7 @@ class Cluster:
     def misplaced(self, copies: int = 3) -> list[int]:
         """Objects not stored exactly on the nodes placement names."""
         first = self.alive()[0]
-        with Client(first.host, first.port) as c:
+        with Client(first.host, first.port, timeout=self.client_timeout) as c:
             ring = Ring(c.get_node_list())
         return [oid for oid, ports in self.holdings().items()
                 if ports != {n.nid.port for n in ring.oid_to_nodes(oid, copies)}]
@@ -162,7 +165,7 @@ class Cluster:
                              f"{self.stale_count()} stale")
 
     def client(self, i: int = 0) -> Client:
-        return Client(self.nodes[i].host, self.nodes[i].port)
+        return Client(self.nodes[i].host, self.nodes[i].port, timeout=self.client_timeout)
 
     def write_volume(self, name: str, size: int, via: int = 0) -> bytes:
         """Create VDI ``name`` full of random bytes (returned)."""
@@ -186,7 +189,7 @@ class Cluster:
         while time.monotonic() < deadline:
             views = []
             for s in self.alive():
-                with Client(s.host, s.port) as c:
+                with Client(s.host, s.port, timeout=self.client_timeout) as c:
                     ci = c.cluster_info()
                     views.append((len(ci.nodes), ci.epoch))
             if views and all(v == (n, views[0][1]) for v in views):

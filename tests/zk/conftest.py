@@ -63,3 +63,59 @@ def zookeeper(tmp_path):
     zk.start()
     yield zk
     zk.stop()
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+class Hosts:
+    """N network namespaces on one bridge of ours: host i is 10.213.<k>.(10+i), the bridge
+    (where ZooKeeper and the test listen) is .1.  Cutting a host downs its veth's bridge end."""
+
+    def __init__(self, n: int) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.k = os.getpid() % 200 + 20
+        self.bridge = f"sdbr{tag}"
+        self.gateway = f"10.213.{self.k}.1"
+        self.names = [f"sd{tag}h{i}" for i in range(n)]
+        self.addrs = [f"10.213.{self.k}.{10 + i}" for i in range(n)]
+        self.links = [f"sd{tag}v{i}" for i in range(n)]
+
+    def up(self) -> None:
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for name, addr, link in zip(self.names, self.addrs, self.links):
+            sh("ip", "netns", "add", name)
+            sh("ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p")
+            sh("ip", "link", "set", f"{link}p", "netns", name)
+            sh("ip", "link", "set", link, "master", self.bridge)
+            sh("ip", "link", "set", link, "up")
+            sh("ip", "netns", "exec", name, "ip", "addr", "add", f"{addr}/24", "dev", f"{link}p")
+            sh("ip", "netns", "exec", name, "ip", "link", "set", f"{link}p", "up")
+            sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+
+    def cut(self, i: int) -> None:
+        sh("ip", "link", "set", self.links[i], "down")
+
+    def restore(self, i: int) -> None:
+        sh("ip", "link", "set", self.links[i], "up")
+
+    def down(self) -> None:
+        for name, link in zip(self.names, self.links):
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def hosts():
+    h = Hosts(3)
+    try:
+        h.up()
+    except subprocess.CalledProcessError as e:
+        h.down()
+        pytest.fail(f"cannot create network namespaces here: {e.stderr.decode().strip()}")
+    yield h
+    h.down()

@@ -35,6 +35,7 @@ _META = struct.Struct("<I")
 POLL_INTERVAL = 0.05
 LIVENESS_INTERVAL = 0.1
 JOIN_RETRY = 3.0
+OUTAGE_WAIT = 30.0  # a cluster-wide lock waits this long for an unreachable service
 
 
 def encode_record(meta: dict[str, Any], data: bytes = b"") -> bytes:
@@ -81,7 +82,10 @@ class BlockingLock(Protocol):
 class LogBackend(Protocol):
     """Storage and liveness for the log; every method blocks (called from worker threads).
 
-    Positions are opaque integers (a byte offset, a znode sequence number)."""
+    Positions are opaque integers (a byte offset, a znode sequence number).  A backend may
+    also have ``available() -> bool`` (non-blocking): False while the service is
+    unreachable, so calls fail at once instead of queueing until it is back; and
+    ``tidy()``, run with every liveness check, to clean up after an outage."""
 
     def setup(self, uid: str) -> None:
         """Register this incarnation's liveness token."""
@@ -131,13 +135,25 @@ class LogDriver:
         self._pos = 0
         self._process_lock = trio.Lock()
         self._tlocks = {"log": trio.Lock(), "op": trio.Lock()}
+        # threads of our own: calls stuck in an outage never starve the daemon's file I/O
+        self._limiter = trio.CapacityLimiter(16)
         self._nursery: trio.Nursery | None = None
         self._accepted = trio.Event()
         self._reject_reason: str | None = None
 
-    async def _io(self, fn, *args):
+    async def _io(self, fn, *args, abandon: bool = False, fail_fast: bool = True):
+        """Run a blocking backend call in a worker thread.
+
+        ``fail_fast``: refuse at once while the service is unreachable (a call made then
+        would wait in the client library's queue until it is back).  ``abandon``: a
+        cancelled caller stops waiting for the thread; only for reads (a write or a lock
+        call finishing behind our back could land after we released the log lock)."""
+        available = getattr(self.backend, "available", None)
+        if fail_fast and available is not None and not available():
+            raise BackendUnavailable("cluster service unreachable")
         try:
-            return await trio.to_thread.run_sync(fn, *args)
+            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon,
+                                                 limiter=self._limiter)
         except (OSError, ValueError, AssertionError):
             raise
         except Exception as e:  # e.g. kazoo's ConnectionLoss while ZooKeeper is away
@@ -148,18 +164,31 @@ class LogDriver:
     async def _locked(self, name: str):
         """Cluster-wide lock (intra-process exclusion by a trio lock first)."""
         async with self._tlocks[name]:
+            await self._wait_available(OUTAGE_WAIT)
             lock = self.backend.lock(name)
             await self._io(lock.acquire)
             try:
                 yield
             finally:
                 with trio.CancelScope(shield=True):
-                    await self._io(lock.release)
+                    # waits for the service to come back rather than leave the lock held
+                    await self._io(lock.release, fail_fast=False)
+
+    async def _wait_available(self, timeout: float) -> None:
+        """Ride out a short service outage (e.g. a ZooKeeper restart); then give up."""
+        available = getattr(self.backend, "available", None)
+        if available is None or available():
+            return
+        with trio.move_on_after(timeout):
+            while not available():
+                await trio.sleep(0.1)
+        if not available():
+            raise BackendUnavailable(f"cluster service unreachable for {timeout:.0f} s")
 
     @asynccontextmanager
     async def exclusive(self):
         async with self._locked("op"):
-            await self._catch_up()
+            await self._catch_up_patiently()
             yield
 
     # ------------------------------------------------------------------ processing
@@ -168,12 +197,26 @@ class LogDriver:
             if self._gen < 0:
                 return
             while True:
-                records, _ = await self._io(self.backend.read_records, self._pos)
+                records, _ = await self._io(self.backend.read_records, self._pos, abandon=True)
                 if not records:
                     return
                 for meta, data, end in records:
                     self._pos = end
-                    await self._process(meta, data)
+                    with trio.CancelScope(shield=True):  # an event is applied whole or not at all
+                        await self._process(meta, data)
+
+    async def _catch_up_patiently(self) -> None:
+        """`_catch_up` riding out a short outage: after an append of ours, giving up would
+        report a failure for something every other member is about to carry out."""
+        deadline = trio.current_time() + OUTAGE_WAIT
+        while True:
+            try:
+                return await self._catch_up()
+            except BackendUnavailable:
+                if trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(0.1)
+            await self._wait_available(max(0.0, deadline - trio.current_time()))
 
     async def _process(self, meta: dict[str, Any], data: bytes) -> None:
         kind = meta["t"]
@@ -241,7 +284,7 @@ class LogDriver:
 
     async def _respond_locked(self, uid: str) -> None:
         async with self._locked("log"):
-            await self._catch_up()
+            await self._catch_up_patiently()
             entry = self._pending.get(uid)
             if entry is None or not self.members or self.members[0].uid != self.uid:
                 return
@@ -252,7 +295,7 @@ class LogDriver:
             blob = encode_record({"t": "accept", "uid": uid, "ok": ok,
                                   "members": [member_to_json(m) for m in members]}, reply)
             await self._io(self._append_with_state, [blob], members)
-        await self._catch_up()
+        await self._catch_up_patiently()
 
     def _append_with_state(self, blobs: list[bytes], members: list[Member]) -> None:
         self.backend.append(blobs, self._pos)
@@ -299,7 +342,11 @@ class LogDriver:
                 continue
             with trio.move_on_after(JOIN_RETRY):
                 while not self._accepted.is_set():
-                    await self._catch_up()
+                    try:
+                        await self._catch_up()
+                    except BackendUnavailable as e:
+                        log.warning("waiting for our join to be answered: %s", e)
+                        await trio.sleep(0.5)
                     if self._accepted.is_set():
                         break
                     await trio.sleep(POLL_INTERVAL)
@@ -310,6 +357,9 @@ class LogDriver:
             raise JoinRejected(self._reject_reason)
 
     async def _reap_dead(self) -> None:
+        tidy = getattr(self.backend, "tidy", None)  # optional: leftovers of an outage
+        if tidy is not None:
+            await self._io(tidy)
         dead = await self._io(self.backend.dead_tokens, self.uid)
         if not dead:
             return
@@ -329,43 +379,55 @@ class LogDriver:
     async def leave(self) -> None:
         if self._left or self._gen < 0:
             return
+        try:
+            await self._leave_locked()
+        except BackendUnavailable as e:  # the others see our liveness token expire instead
+            log.warning("could not leave cleanly: %s", e)
+        self._left = True  # only now: the event loops stop and the backend closes
+
+    async def _leave_locked(self) -> None:
         async with self._locked("log"):
-            await self._catch_up()
+            await self._catch_up_patiently()
             _, members = await self._io(self._state_members)
             members = [m for m in members if m.uid != self.uid]
             await self._io(self._append_with_state, [encode_record({"t": "leave", "uid": self.uid})], members)
             await self._io(self.backend.drop_token, self.uid)
-        self._left = True  # only now: the event loops stop and the backend closes
 
     # ------------------------------------------------------------------ public
     async def sync(self) -> None:
-        """Process every event already in the log (read-your-writes across nodes)."""
+        """Process every event already in the log (read-your-writes across nodes).
+
+        Best effort: while the service is unreachable the caller goes on with what this
+        node knows (a node cut off refuses I/O anyway, see `Node.on_suspended`)."""
         if self._joined and not self._left:
-            await self._catch_up()
+            try:
+                await self._catch_up()
+            except BackendUnavailable as e:
+                log.debug("cannot sync with the cluster log: %s", e)
 
     async def update_node(self, node: bytes) -> None:
         """Our sd_node changed (weight, vnodes): every member sees it in order."""
         async with self._locked("log"):
-            await self._catch_up()
+            await self._catch_up_patiently()
             _, members = await self._io(self._state_members)
             members = [Member(m.uid, node) if m.uid == self.uid else m for m in members]
             blob = encode_record({"t": "update", "uid": self.uid, "node": node.hex()})
             await self._io(self._append_with_state, [blob], members)
-        await self._catch_up()
+        await self._catch_up_patiently()
 
     async def notify(self, data: bytes) -> None:
         async with self._locked("log"):
-            await self._catch_up()
+            await self._catch_up_patiently()
             blob = encode_record({"t": "notify", "uid": self.uid}, data)
             await self._io(self.backend.append, [blob], self._pos)
-        await self._catch_up()
+        await self._catch_up_patiently()
 
     async def run(self, handler: ClusterHandler, me: bytes, opaque: bytes, *,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._handler = handler
         self._me = Member(self.uid, me)
         self._opaque = opaque
-        await self._io(self.backend.setup, self.uid)
+        await self._io(self.backend.setup, self.uid, fail_fast=False)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -376,7 +438,7 @@ class LogDriver:
                 nursery.start_soon(self._liveness_loop)
         finally:
             with trio.CancelScope(shield=True):
-                await self._io(self.backend.close)
+                await self._io(self.backend.close, fail_fast=False)
 
     async def _poll_loop(self) -> None:
         await self._forever(self._catch_up, POLL_INTERVAL)
