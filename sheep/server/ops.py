@@ -20,6 +20,7 @@ from . import vdi_attr as A
 from . import md_ops as MD
 from . import vdi_ops as V
 from . import writeback as W
+from .cluster.logdriver import BackendUnavailable
 from .repair import repair_replica
 from .stats import counted
 from .node import Reply, vdi_op_message
@@ -201,6 +202,9 @@ async def dispatch(node: "Node", req: Request, payload: bytes) -> Reply:
                 return await run_cluster_op(node, spec, req, payload)
             assert spec.handler is not None
             return await spec.handler(node, req, payload)
+    except BackendUnavailable as e:  # the coordination service stayed out of reach
+        log.warning("%s failed: %s", spec.name, e)
+        return Reply(Res.NETWORK_ERROR)
     except Exception:
         log.exception("%s failed", spec.name)
         return Reply(Res.SYSTEM_ERROR)
