@@ -240,43 +240,61 @@ class ReadAhead:
 
 
 class _Batch:
-    """Contiguous writes into one object, sent as one write by the first of them."""
+    """Writes into one object, in flight together, sent by the first of them."""
 
-    __slots__ = ("idx", "start", "end", "parts", "closed", "last", "done", "error")
+    __slots__ = ("idx", "parts", "covered", "closed", "last", "done", "error")
 
-    def __init__(self, idx: int, start: int, buf: memoryview) -> None:
+    def __init__(self, idx: int, offset: int, buf: memoryview) -> None:
         self.idx = idx
-        self.start = start
-        self.end = start + len(buf)
-        self.parts = [buf]
+        self.parts: list[tuple[int, memoryview]] = [(offset, buf)]
+        self.covered = len(buf)
         self.closed = False
         self.last = time.monotonic()
         self.done = threading.Event()
         self.error: BaseException | None = None
 
+    def overlaps(self, offset: int, end: int) -> bool:
+        return any(o < end and offset < o + len(b) for o, b in self.parts)
+
+    def runs(self) -> list[tuple[int, list[memoryview]]]:
+        """The parts merged into contiguous runs: (VDI offset, pieces in order)."""
+        out: list[tuple[int, list[memoryview]]] = []
+        run_end = -1
+        for o, b in sorted(self.parts, key=lambda p: p[0]):
+            if o == run_end:
+                out[-1][1].append(b)
+            else:
+                out.append((o, [b]))
+            run_end = o + len(b)
+        return out
+
 
 class WriteGather:
-    """Write gathering for sequential writers (NFS servers do the same).
+    """Write gathering for streaming writers (NFS servers do the same).
 
     nbdcopy and guests write a stream in pieces (256 KiB for nbdcopy), many in flight;
-    each piece costs the sheep a request (and a synchronous disk write).  A write that
-    starts where an earlier write ended opens a batch for its object; writes arriving
-    meanwhile that continue it join it, and the first one sends them all as one write
-    once the object is complete, or nothing joined for `IDLE`, or after `MAX_WAIT`.
-    Every piece is acknowledged only when that write is done, so nothing changes for
-    durability or ordering: the pieces were in flight together.  The opener waits only
-    while other writes are in flight that could join; a lone writer never waits.
+    each piece costs a request, and a sheep moves 4 MiB in one request about eight times
+    faster than in 256 KiB pieces.  nbdkit hands the pieces of a stream to its worker
+    threads in order, but the threads race, so pieces reach us in any order.  A write
+    into an object that a recent write touched (this one or the one before: a stream)
+    opens a batch for its object; writes into the same object that arrive meanwhile and
+    overlap nothing in it join it, and the first one sends the contiguous runs of them
+    (one 4 MiB write for a stream) once the object is covered, or nothing joined for
+    `IDLE`, or after `MAX_WAIT`.  Every piece is acknowledged only when its write is done,
+    so nothing changes for durability or ordering: the pieces were in flight together.
+    The opener waits only while other writes are in flight that could join; a lone
+    writer never waits.
     """
 
     IDLE = 0.001
     MAX_WAIT = 0.005
-    ENDS = 256
+    RECENT = 256  # recently written objects remembered, to recognise streams
 
     def __init__(self, object_size: int) -> None:
         self.object_size = object_size
         self._cond = threading.Condition()
         self._open: dict[int, _Batch] = {}
-        self._ends: dict[int, None] = {}
+        self._recent: dict[int, None] = {}
         self.active = 0  # pwrite calls in progress
 
     def enter(self, offset: int, buf: memoryview) -> tuple[_Batch | None, bool]:
@@ -285,20 +303,21 @@ class WriteGather:
         idx = offset // self.object_size
         with self._cond:
             self.active += 1
-            seq = offset in self._ends
-            self._ends[end] = None
-            if len(self._ends) > self.ENDS:
-                del self._ends[next(iter(self._ends))]
+            streaming = idx in self._recent or idx - 1 in self._recent
+            self._recent.pop(idx, None)
+            self._recent[idx] = None
+            if len(self._recent) > self.RECENT:
+                del self._recent[next(iter(self._recent))]
             if (end - 1) // self.object_size != idx:
                 return None, False
             b = self._open.get(idx)
-            if b is not None and not b.closed and b.end == offset:
-                b.parts.append(buf)
-                b.end = end
+            if b is not None and not b.closed and not b.overlaps(offset, end):
+                b.parts.append((offset, buf))
+                b.covered += len(buf)
                 b.last = time.monotonic()
                 self._cond.notify_all()
                 return b, False
-            if b is None and seq and len(buf) < self.object_size:
+            if b is None and streaming and len(buf) < self.object_size:
                 b = self._open[idx] = _Batch(idx, offset, buf)
                 return b, True
             return None, False
@@ -310,11 +329,10 @@ class WriteGather:
 
     def collect(self, b: _Batch) -> None:
         """The opener: wait for the batch to fill (see the class docstring), close it."""
-        objend = (b.idx + 1) * self.object_size
         with self._cond:
             try:
                 started = time.monotonic()
-                while b.end < objend and self.active > len(b.parts):
+                while b.covered < self.object_size and self.active > len(b.parts):
                     left = min(b.last + self.IDLE, started + self.MAX_WAIT) - time.monotonic()
                     if left <= 0:
                         break
@@ -399,6 +417,15 @@ class Worker(VdiClient):
                     into[len(data):] = zeros[:len(into) - len(data)]
         if error:
             raise SheepError(error)
+
+
+def _joined(pieces: list[memoryview]) -> memoryview:
+    data = bytearray(sum(len(p) for p in pieces))
+    pos = 0
+    for p in pieces:
+        data[pos:pos + len(p)] = p
+        pos += len(p)
+    return memoryview(data)
 
 
 # ---------------------------------------------------------------------------- export
@@ -549,15 +576,8 @@ class Export:
             elif opener:
                 try:
                     self.gather.collect(b)
-                    if len(b.parts) == 1:
-                        self._write(w, buf, offset)
-                    else:
-                        data = bytearray(b.end - b.start)
-                        pos = 0
-                        for part in b.parts:
-                            data[pos:pos + len(part)] = part
-                            pos += len(part)
-                        self._write(w, memoryview(data), b.start)
+                    for at, pieces in b.runs():
+                        self._write(w, pieces[0] if len(pieces) == 1 else _joined(pieces), at)
                 except BaseException as e:
                     b.error = e
                     raise
