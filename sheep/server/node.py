@@ -22,6 +22,7 @@ from ..proto.header import HEADER_SIZE, Request, Response
 from ..proto.placement import Ring, recalculate_vnodes
 from ..proto.structs import ClusterInfo, NodeId, SdNode, SdStat, SheepdogConfig, sort_nodes
 from .cluster.base import Member
+from .objlock import ObjectLock
 from .store import MetaStore, ObjectStore
 from .writeback import Writeback
 from .vdi_table import VdiTable
@@ -103,7 +104,7 @@ class Node:
         self._epoch_event = trio.Event()
         self.shutdown_event = trio.Event()
         self.me = SdNode(NodeId.from_host(opts.advertise_addr, opts.port), 0, 0, 0)
-        self._object_locks: dict[int, trio.Lock] = {}
+        self._object_locks: dict[int, ObjectLock] = {}
         self._in_flight: dict[int, int] = {}
         self._resumed = trio.Event()
         self._drained = trio.Event()
@@ -131,13 +132,14 @@ class Node:
             while any(e < epoch for e in self._in_flight):
                 await self._drained.wait()
 
-    def object_lock(self, oid: int) -> trio.Lock:
-        """Serializes read-modify-write of one local object (ledgers)."""
+    def object_lock(self, oid: int) -> ObjectLock:
+        """The local object's lock: ``async with`` it for exclusive use (create, remove,
+        read-modify-write, recovery); plain reads and writes use ``.shared()``."""
         lock = self._object_locks.get(oid)
         if lock is None:
-            lock = self._object_locks[oid] = trio.Lock()
+            lock = self._object_locks[oid] = ObjectLock()
         if len(self._object_locks) > 4096:  # forget idle locks
-            for k in [k for k, v in self._object_locks.items() if not v.locked() and k != oid]:
+            for k in [k for k, v in self._object_locks.items() if not v.busy() and k != oid]:
                 del self._object_locks[k]
         return lock
 

@@ -129,6 +129,9 @@ def _gate(node: "Node", spec: OpSpec) -> int:
     return Res.SUCCESS
 
 
+_SHARED = frozenset({Op.READ_PEER, Op.WRITE_PEER})  # plain I/O: may run side by side
+
+
 async def execute_peer(node: "Node", req: Request, payload: bytes) -> Reply:
     """A peer op with the epoch check of `check_request_epoch` (wire.md §6.4).
 
@@ -149,8 +152,9 @@ async def execute_peer(node: "Node", req: Request, payload: bytes) -> Reply:
         return Reply(Res.NEW_NODE_VER)
     if req.opcode in (Op.READ_PEER, Op.WRITE_PEER):
         await node.recovery.recover_now(oid)  # the object may still be due here
+    lock = node.object_lock(oid)
     for attempt in range(2):
-        async with node.object_lock(oid):
+        async with (lock.shared() if req.opcode in _SHARED else lock):
             if req.epoch < node.epoch:
                 return Reply(Res.OLD_NODE_VER)
             with node.in_flight(req.epoch):
