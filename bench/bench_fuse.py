@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster.harness import BIN, Cluster  # noqa: E402
+from tests.cluster.harness import BIN, Cluster, stop_process  # noqa: E402
 
 SHEEPFS = str(BIN / "sheepfs")
 SHEEPDOG_NBD = str(BIN / "sheepdog-nbd")
@@ -93,13 +92,7 @@ class NbdExport:
                                f"{self.proc.stderr.read() if self.proc.stderr else ''}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 20)
 
 
 def nbd_available() -> str | None:

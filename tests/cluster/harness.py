@@ -33,6 +33,26 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float = 10) -> None:
+    """SIGTERM our child, SIGKILL it after ``grace`` seconds; by pid, never by name."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def read_log(path: Path) -> str:
+    """A log file's text so far ('' before it exists)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def pid_gone(pid: int, timeout: float) -> bool:
     """Wait for a process that is not our child to disappear (zombies count as gone)."""
     deadline = time.monotonic() + timeout
@@ -97,20 +117,10 @@ class Sheep:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
     def log(self) -> str:
-        try:
-            return (self.store / "sheep.log").read_text()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.store / "sheep.log")
 
 
 class Cluster:

@@ -2,21 +2,18 @@
 daemon or lost data."""
 from __future__ import annotations
 
-import os
 import random
 import socket
-import struct
 import subprocess
 
 import pytest
 
-from sheep.client.api import Client
 from sheep.client.volume import Volume
 from sheep.proto.constants import Flag, Op, Res
 from sheep.proto.header import ObjArgs, Request
 
 from .harness import SHEEP
-from .test_wire_spec import connect, exchange, header, recv_exact
+from .test_wire_spec import connect, exchange, header
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.cluster.harness import read_log, stop_process
 
 LOCK_PATH = "/tmp/sheepdog-tests-corosync.lock"
 CONF = """\
@@ -97,20 +98,10 @@ class Corosync:
         raise TimeoutError(f"corosync did not become ready:\n{self.log()}")
 
     def log(self) -> str:
-        try:
-            return self.out.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.out)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, 20)
 
 
 @contextmanager

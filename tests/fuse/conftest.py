@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import BIN, Cluster, pid_gone
+from tests.cluster.harness import BIN, pid_gone, read_log
 
 SHEEPFS = str(BIN / "sheepfs")
 WATCHDOG = 240.0  # seconds
@@ -104,10 +104,7 @@ class SheepFs:
         return self.mnt / rel
 
     def log(self) -> str:
-        try:
-            return self.logfile.read_text()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.logfile)
 
     def mount_vdi(self, name: str) -> Path:
         self.path("vdi/mount").write_text(name + "\n")

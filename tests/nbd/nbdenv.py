@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from frontends.nbd import PLUGIN
 from sheep.proto.constants import ClusterFlag
-from tests.cluster.harness import BIN, DOG, Cluster
+from tests.cluster.harness import BIN, DOG, Cluster, read_log, stop_process
 
 TOOLS = ("nbdkit", "qemu-img", "qemu-io", "nbdcopy", "nbdinfo", "nbd-client",
          "qemu-system-x86_64")
@@ -76,20 +75,10 @@ class Nbdkit:
         return self
 
     def log(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.logfile)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, 15)
 
 
 class Env:
