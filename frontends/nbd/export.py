@@ -275,10 +275,11 @@ class WriteGather:
     nbdcopy and guests write a stream in pieces (256 KiB for nbdcopy), many in flight;
     each piece costs a request, and a sheep moves 4 MiB in one request about eight times
     faster than in 256 KiB pieces.  nbdkit hands the pieces of a stream to its worker
-    threads in order, but the threads race, so pieces reach us in any order.  A write
-    into an object that a recent write touched (this one or the one before: a stream)
-    opens a batch for its object; writes into the same object that arrive meanwhile and
-    overlap nothing in it join it, and the first one sends the contiguous runs of them
+    threads in order, but the threads race, so pieces reach us in any order.  A write of
+    at least `MIN_OPEN` bytes into an object that one of the last writes touched (this
+    one or the one before: a stream) opens a batch for its object; writes into the same
+    object that arrive meanwhile and overlap nothing in it join it, and the first one
+    sends the contiguous runs of them
     (one 4 MiB write for a stream) once the object is covered, or nothing joined for
     `IDLE`, or after `MAX_WAIT`.  Every piece is acknowledged only when its write is done,
     so nothing changes for durability or ordering: the pieces were in flight together.
@@ -288,7 +289,8 @@ class WriteGather:
 
     IDLE = 0.001
     MAX_WAIT = 0.005
-    RECENT = 256  # recently written objects remembered, to recognise streams
+    RECENT = 8  # objects written last, to recognise streams (a few per connection)
+    MIN_OPEN = 64 << 10  # smaller writes (random I/O) never open a batch: no wait for them
 
     def __init__(self, object_size: int) -> None:
         self.object_size = object_size
@@ -317,7 +319,7 @@ class WriteGather:
                 b.last = time.monotonic()
                 self._cond.notify_all()
                 return b, False
-            if b is None and streaming and len(buf) < self.object_size:
+            if b is None and streaming and self.MIN_OPEN <= len(buf) < self.object_size:
                 b = self._open[idx] = _Batch(idx, offset, buf)
                 return b, True
             return None, False

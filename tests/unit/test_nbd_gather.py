@@ -75,3 +75,10 @@ def test_runs_are_the_merged_pieces(indexes):
             covered.append(idx)
         prev_end = at + len(data)
     assert sorted(covered) == sorted(indexes)
+
+
+def test_small_random_writes_never_wait_in_a_batch():
+    g = WriteGather(OBJ)
+    g.enter(0, piece(1))
+    small = memoryview(bytes(4096))
+    assert g.enter(8192, small) == (None, False)  # same object, but 4 KiB: written at once
