@@ -39,10 +39,14 @@ def obj_size(node: "Node", oid: int) -> int:
     return object_size(oid, node.vdis.shift(oid_to_vid(oid), node.block_size_shift))
 
 
-def _peer_request(node: "Node", opcode: int, oid: int, offset: int, length: int, copies: int,
+def _peer_request(opcode: int, epoch: int, oid: int, offset: int, length: int, copies: int,
                   flags: int, cow_oid: int = 0, args: Any = None) -> Request:
+    """``epoch`` is the one whose ring chose the targets: a target at a newer epoch then
+    answers OLD_NODE_VER (retried with the new placement) instead of acting on a request
+    that the new placement does not send it (e.g. NO_OBJ from a node that just gave the
+    object up, while its new owner never sees the write)."""
     return Request(GATEWAY_TO_PEER[opcode], flags=flags | Flag.CMD_FWD, data_length=length,
-                   epoch=node.epoch, proto_ver=SD_SHEEP_PROTO_VER,
+                   epoch=epoch, proto_ver=SD_SHEEP_PROTO_VER,
                    args=args or ObjArgs(oid=oid, cow_oid=cow_oid, copies=copies, offset=offset))
 
 
@@ -69,23 +73,27 @@ async def _retry_wait(node: "Node", epoch: int, results: list[int]) -> None:
         await trio.sleep(0.05)
 
 
-Attempt = Callable[[list[SdNode]], Awaitable[tuple[Reply | None, list[int]]]]
+Attempt = Callable[[list[SdNode], int], Awaitable[tuple[Reply | None, list[int]]]]
 
 
 async def _retrying(node: "Node", oid: int, copies: int, attempt: Attempt) -> Reply:
     """Run ``attempt`` on the object's current replicas until it has an answer a client may
-    see: a success, or a failure that is not about membership changing."""
+    see: a success, or a failure that is not about membership changing.  ``attempt`` gets
+    the targets and the epoch whose ring chose them, to stamp on its peer requests (the
+    epoch may move while the attempt runs)."""
     with trio.move_on_after(RETRY_TIMEOUT):
         while True:
             epoch = node.epoch
             targets = node.ring.oid_to_nodes(oid, copies)
             if not targets:
                 return Reply(Res.HALT)
-            reply, failed = await attempt(targets)
+            reply, failed = await attempt(targets, epoch)
             if reply is not None:
                 return reply
             retry = [r for r in failed if r in RETRY_RESULTS]
             if not retry:
+                log.debug("request on %016x at epoch %d failed on %s: %s", oid, epoch,
+                          [str(t.nid) for t in targets], [hex(r) for r in failed])
                 return Reply(failed[-1])
             log.info("request on %016x: %s, retrying at the next epoch", oid, [hex(r) for r in failed])
             await _retry_wait(node, epoch, retry)
@@ -97,16 +105,15 @@ async def read_obj(node: "Node", oid: int, offset: int, length: int, copies: int
     """READ_OBJ: the local replica first, then the others from a random one; first SUCCESS wins."""
     copies = obj_copies(node, oid, copies)
 
-    async def attempt(targets: list[SdNode]) -> tuple[Reply | None, list[int]]:
+    async def attempt(targets: list[SdNode], epoch: int) -> tuple[Reply | None, list[int]]:
         local = [t for t in targets if t.nid == node.me.nid]
         others = [t for t in targets if t.nid != node.me.nid]
         if others:
             k = random.randrange(len(others))
             others = others[k:] + others[:k]
-        req = _peer_request(node, Op.READ_OBJ, oid, offset, length, copies, flags & ~Flag.CMD_WRITE)
+        req = _peer_request(Op.READ_OBJ, epoch, oid, offset, length, copies, flags & ~Flag.CMD_WRITE)
         results = []
         for target in local + others:
-            req.epoch = node.epoch
             result, data = await send_to(node, target, req, None)
             if result == Res.SUCCESS:
                 return Reply(Res.SUCCESS, data), []
@@ -128,11 +135,11 @@ async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
     has_payload = len(data) > 0 and opcode not in (Op.REMOVE_OBJ, Op.DECREF_OBJ)
     wflags = (flags | Flag.CMD_WRITE) if has_payload else (flags & ~Flag.CMD_WRITE)
 
-    async def attempt(targets: list[SdNode]) -> tuple[Reply | None, list[int]]:
+    async def attempt(targets: list[SdNode], epoch: int) -> tuple[Reply | None, list[int]]:
         results: list[int] = [Res.SUCCESS] * len(targets)
 
         async def one(i: int, target: SdNode) -> None:
-            req = _peer_request(node, opcode, oid, offset, len(data), copies, wflags, cow_oid, args)
+            req = _peer_request(opcode, epoch, oid, offset, len(data), copies, wflags, cow_oid, args)
             results[i], _ = await send_to(node, target, req, data if has_payload else None)
 
         async with trio.open_nursery() as nursery:

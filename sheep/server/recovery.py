@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -46,6 +46,8 @@ class Recovery:
         self._kick = trio.Event()
         self._prepared = trio.Event()
         self._pass_scope: trio.CancelScope | None = None
+        self._storing = 0  # recovered copies being written to the store right now
+        self._stored = trio.Event()
         self.completed: dict[int, set[NodeId]] = {}
 
     # ------------------------------------------------------------------ control
@@ -172,10 +174,16 @@ class Recovery:
 
     async def mark_stale(self, epoch: int) -> None:
         """Right at an epoch change (never cancelled half-way): objects this node does not
-        own under the new ring stop being live, so nobody copies an old version from us."""
+        own under the new ring stop being live, so nobody copies an old version from us.
+
+        A recovered copy whose write began before the change lands first (a write in a
+        worker thread cannot be called back): listed after it, it is moved too, where it
+        would otherwise stay live on a node that does not own it."""
         node = self.node
         if node.opts.gateway:
             return
+        while self._storing:
+            await self._stored.wait()
         me = node.me.nid
         moved = 0
         for oid in await node.io(node.store.list_oids):
@@ -246,8 +254,7 @@ class Recovery:
             while live and node.epoch == epoch and (not rounds or attempt < rounds):
                 for src in live:
                     if stale and await self._stale_matches(src, oid, stale[-1][1], size):
-                        await node.io(node.store.restore_stale, oid, stale[-1][1])
-                        return True
+                        return await self._store(epoch, node.store.restore_stale, oid, stale[-1][1])
                     if await self._copy_from(src, epoch, oid, size):
                         return True
                 attempt += 1
@@ -256,7 +263,8 @@ class Recovery:
                 return False  # a newer epoch (its pass takes over), or on-demand rounds spent
             for src in stale_holders:  # the freshest stale copy wins, wherever it is
                 if src == node.me.nid and stale:
-                    await node.io(node.store.restore_stale, oid, stale[-1][1])
+                    if not await self._store(epoch, node.store.restore_stale, oid, stale[-1][1]):
+                        return False
                     log.warning("%016x: no live replica anywhere, kept our stale copy", oid)
                     return True
                 if src != node.me.nid and await self._copy_from(src, epoch, oid, size):
@@ -273,10 +281,25 @@ class Recovery:
         if rsp.result != Res.SUCCESS or len(data) != size:
             return False
         try:
-            await node.io(node.store.create_and_write, oid, 0, data, size)
+            return await self._store(epoch, node.store.create_and_write, oid, 0, data, size)
         except StoreError as e:
             log.error("cannot store recovered %016x: %#x", oid, e.result)
             return False
+
+    async def _store(self, epoch: int, fn: Callable[..., Any], *args: Any) -> bool:
+        """Put a recovered copy in place, only while ``epoch`` (the one it was fetched
+        for) is current; `mark_stale` of the next epoch waits for writes already begun."""
+        node = self.node
+        if node.epoch != epoch:
+            return False  # the new epoch's pass decides whether we still want it
+        self._storing += 1
+        try:
+            await node.io(fn, *args)
+        finally:
+            self._storing -= 1
+            if not self._storing:
+                self._stored.set()
+                self._stored = trio.Event()
         return True
 
     async def _stale_matches(self, src: NodeId, oid: int, path: str, size: int) -> bool:
