@@ -53,6 +53,16 @@ def read_log(path: Path) -> str:
         return ""
 
 
+def wait_until(what: str, cond, timeout: float = 30, interval: float = 0.1) -> None:
+    """Poll ``cond`` until it is true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def pid_gone(pid: int, timeout: float) -> bool:
     """Wait for a process that is not our child to disappear (zombies count as gone)."""
     deadline = time.monotonic() + timeout

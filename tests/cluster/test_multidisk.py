@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from bisect import bisect_left
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sheep.proto.oid import is_data_obj
 
 from sheep.client.volume import Volume
 
-from .harness import SHEEP, Cluster, free_ports
+from .harness import SHEEP, Cluster, free_ports, wait_until
 
 ROW = re.compile(r"^ ?(\d+)\t(\d+(?:\.\d)? [MGTPEZ]B)\t(\d+(?:\.\d)? [MGTPEZ]B)\t(\d+(?:\.\d)? [MGTPEZ]B)\t"
                  r"( {0,2}\d{1,3})%\t(/.*)$")
@@ -57,15 +56,6 @@ def md_rows(c: Cluster, *args: str, port: int | None = None) -> list[re.Match]:
     rows = [ROW.match(line) for line in lines[1:]]
     assert all(rows), text
     return rows
-
-
-def wait_until(what: str, check, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from sheep.proto.constants import Flag, Op, Status
 from sheep.proto.header import Request
-from tests.cluster.harness import SHEEP, Cluster, free_ports
+from tests.cluster.harness import SHEEP, Cluster, free_ports, wait_until
 
 from .conftest import LOCK_PATH, cpg_socket_owned
 
@@ -29,13 +29,6 @@ def info(c: Cluster, i: int):
         return cl.cluster_info()
 
 
-def wait_until(what: str, cond, timeout: float = 20, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def md5(b: bytes) -> str:

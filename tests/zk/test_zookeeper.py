@@ -13,7 +13,7 @@ from pathlib import Path
 from sheep.client.sync import SheepError
 from sheep.client.volume import Volume
 from sheep.proto.oid import vid_to_data_oid
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_TIMEOUT = 60.0  # no harness call may wait forever: a hang is a failure
@@ -35,13 +35,6 @@ def md5(b: bytes) -> str:
     return hashlib.md5(b).hexdigest()
 
 
-def wait_until(what: str, cond, timeout: float, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def views(c: Cluster, idx: list[int]) -> list[tuple[int, list[int]]]:
