@@ -8,7 +8,7 @@ from typing import Callable
 
 from sheep.client.sync import SheepConnectionError, SheepError
 from sheep.proto.constants import (
-    SD_DEFAULT_COPIES, SD_MAX_NODES, SD_NODE_SIZE, STORE_LEN, ClusterFlag, Op, Res,
+    SD_MAX_NODES, SD_NODE_SIZE, STORE_LEN, ClusterFlag, Op, Res,
 )
 from sheep.proto.header import ClusterArgs, Request
 from sheep.proto.inode import Inode
@@ -16,8 +16,8 @@ from sheep.proto.sizes import format_copies
 from sheep.proto.structs import EpochLog, NodeId
 
 from .common import (
-    EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Context, confirm, err, localtime_str,
-    out, parse_copies_opt, parse_shift_opt, parse_vdi, report_conn_error, run_nested,
+    EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Context, alter_copy_target, confirm, err,
+    localtime_str, out, parse_copies_opt, parse_shift_opt, parse_vdi, report_conn_error, run_nested,
     send_light_req,
 )
 from .vdi_check import check_repair
@@ -311,14 +311,8 @@ def cluster_alter_copy(ctx: Context, args: list[str]) -> int:
     if o.copy_policy:
         err("Changing redundancy level of erasure coded vdi is not supported yet.")
         return EXIT_USAGE
-    copies = o.copies
-    if not copies:
-        copies = SD_DEFAULT_COPIES
-        out(f"The cluster's redundancy level is not specified, use {copies} as default.\n")
+    copies = alter_copy_target(ctx, o.copies, o.force, "The cluster's")
     nr_nodes = len(ctx.nodes)
-    if not o.force and copies > nr_nodes:
-        confirm(f"Number of copies ({copies}) is larger than number of nodes ({nr_nodes}).\n"
-                f"Are you sure you want to continue? [yes/no]: ")
     result, logs = ctx.client().stat_cluster(nr_nodes, max_epochs=1)
     if result != Res.SUCCESS or not logs:
         err(f"Response's result: {SheepError(result)}")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from sheep.client.api import Client
 from sheep.client.sync import SheepConnectionError, SheepError
 from sheep.proto.constants import (
-    EPOCH_LOG_SIZE, SD_INODE_DATA_INDEX, SD_INODE_DATA_INDEX_SIZE, SD_INODE_HEADER_SIZE,
+    EPOCH_LOG_SIZE, SD_DEFAULT_COPIES, SD_INODE_DATA_INDEX, SD_INODE_DATA_INDEX_SIZE, SD_INODE_HEADER_SIZE,
     SD_INODE_SIZE, SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
 )
 from sheep.proto.header import ClusterArgs, Request
@@ -134,6 +134,19 @@ def confirm(message: str) -> None:
     if not line.lower().startswith("yes"):
         raise DogExit(EXIT_SUCCESS)
 
+
+
+def alter_copy_target(ctx: "Context", copies: int, force: bool, whose: str) -> int:
+    """The copy count `vdi alter-copy` / `cluster alter-copy` move to: the default when
+    none was given (said on stdout), confirmed when it exceeds the node count."""
+    if not copies:
+        copies = SD_DEFAULT_COPIES
+        out(f"{whose} redundancy level is not specified, use {copies} as default.\n")
+    nr_nodes = len(ctx.nodes)
+    if not force and copies > nr_nodes:
+        confirm(f"Number of copies ({copies}) is larger than number of nodes ({nr_nodes}).\n"
+                f"Are you sure you want to continue? [yes/no]: ")
+    return copies
 
 # ---------------------------------------------------------------- argument syntax
 

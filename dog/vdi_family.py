@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 from sheep.client.sync import SheepError
 from sheep.proto.constants import (
-    SD_DEFAULT_COPIES, SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE, SD_INODE_SIZE,
+    SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE, SD_INODE_SIZE,
     SD_MAX_VDI_SIZE, SD_MAX_VDI_TAG_LEN, Flag, Op, Res,
 )
 from sheep.proto.header import Request, VdiStateArgs
@@ -20,7 +20,7 @@ from sheep.proto.oid import vid_to_data_oid, vid_to_vdi_oid
 from sheep.proto.structs import pad
 
 from .common import (
-    EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit, all_ok, c_name,
+    EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_USAGE, Context, DogExit, all_ok, alter_copy_target, c_name,
     confirm, describe_open_failure, dog_read_object, dog_write_object, err, find_vdi, obj_req,
     out, parse_size_arg, read_vdi_obj, send_light_req, show_progress,
 )
@@ -332,14 +332,7 @@ def vdi_alter_copy(ctx: Context, args: list[str]) -> int:
     if o.copy_policy:
         err("Changing redundancy level of erasure coded vdi is not supported yet.")
         return EXIT_USAGE
-    copies = o.nr_copies
-    if not copies:
-        copies = SD_DEFAULT_COPIES
-        out(f"The vdi's redundancy level is not specified, use {copies} as default.\n")
-    nr_nodes = len(ctx.nodes)
-    if not o.force and copies > nr_nodes:
-        confirm(f"Number of copies ({copies}) is larger than number of nodes ({nr_nodes}).\n"
-                f"Are you sure you want to continue? [yes/no]: ")
+    copies = alter_copy_target(ctx, o.nr_copies, o.force, "The vdi's")
     found = read_vdi_obj(ctx, name, header_only=True)
     if found is None:
         err(f"Reading {name}'s vdi object failure.")

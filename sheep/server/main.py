@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
+from importlib import import_module
 from typing import NoReturn
 
 import trio
@@ -186,24 +187,14 @@ def parse(argv: list[str]) -> Options:
             driver, _, arg = value.partition(":")
             if driver not in DRIVERS:
                 die(f"Invalid cluster driver '{driver}'\nSupported drivers: {' '.join(DRIVERS)}")
-            if driver == "zookeeper":
-                try:
-                    from .cluster.zookeeper import parse_option
-                    parse_option(arg)
-                except ValueError as e:
-                    die(f"Invalid cluster driver option '{value}': {e}")
-                o.cluster = value
-                if o.advertise_addr == "127.0.0.1" and not o.bind_addr:
-                    pass  # -y or -b name the address other hosts reach us on
-            elif driver == "corosync":
-                from .cluster.corosync import parse_option as parse_corosync
-                try:
-                    parse_corosync(arg)
-                except ValueError as e:
-                    die(f"Invalid cluster driver option '{value}': {e}")
-                o.cluster = value
-            else:
+            if driver == "local":
                 o.cluster = f"local:{os.path.abspath(arg)}" if arg else o.cluster
+            else:  # each remote driver's module checks its own option syntax
+                try:
+                    import_module(f".cluster.{driver}", __package__).parse_option(arg)
+                except ValueError as e:
+                    die(f"Invalid cluster driver option '{value}': {e}")
+                o.cluster = value
         elif letter == "z":
             zone = _int_in(value, 0, 0xFFFFFFFF)
             if zone is None:
