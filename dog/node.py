@@ -259,6 +259,15 @@ def _exec(ctx: Context, req: Request, payload: bytes | None = None,
     return rsp.result, bytes(data)
 
 
+def _exec_checked(ctx: Context, req: Request, payload: bytes | None = None) -> bytes | None:
+    """`_exec` whose every failure is "Failed to execute request": the reply data, or None."""
+    got = _exec(ctx, req, payload)
+    if got is None or got[0] != Res.SUCCESS:
+        err("Failed to execute request")
+        return None
+    return got[1]
+
+
 def _recovery_state(ctx: Context) -> RecoveryState | None:
     """`get_recovery_state`: STAT_RECOVERY of the target sheep."""
     got = _exec(ctx, Request(Op.STAT_RECOVERY, data_length=RecoveryState.SIZE))
@@ -318,19 +327,15 @@ def recovery_info(ctx: Context, args: list[str]) -> int:
 
 def recovery_set_throttle(ctx: Context, args: list[str]) -> int:
     data = parse_throttle(args).encode()
-    got = _exec(ctx, Request(Op.SET_RECOVERY, Flag.CMD_WRITE, len(data)), data)
-    if got is None or got[0] != Res.SUCCESS:
-        err("Failed to execute request")
-        return EXIT_FAILURE
-    return EXIT_SUCCESS
+    ok = _exec_checked(ctx, Request(Op.SET_RECOVERY, Flag.CMD_WRITE, len(data)), data)
+    return EXIT_FAILURE if ok is None else EXIT_SUCCESS
 
 
 def recovery_get_throttle(ctx: Context, args: list[str]) -> int:
-    got = _exec(ctx, Request(Op.GET_RECOVERY, data_length=RecoveryThrottling.SIZE))
-    if got is None or got[0] != Res.SUCCESS:
-        err("Failed to execute request")
+    data = _exec_checked(ctx, Request(Op.GET_RECOVERY, data_length=RecoveryThrottling.SIZE))
+    if data is None:
         return EXIT_FAILURE
-    t = RecoveryThrottling.decode(got[1].ljust(RecoveryThrottling.SIZE, b"\0"))
+    t = RecoveryThrottling.decode(data.ljust(RecoveryThrottling.SIZE, b"\0"))
     err(f"max ({t.max_exec_count}), interval ({t.queue_work_interval})")
     return EXIT_SUCCESS
 
@@ -382,11 +387,8 @@ def log_level_set(ctx: Context, args: list[str]) -> int:
         dump_loglevels()
         raise DogExit(EXIT_USAGE)
     data = struct.pack("<i", LEVEL_NAMES.index(name))
-    got = _exec(ctx, Request(Op.SET_LOGLEVEL, Flag.CMD_WRITE, len(data)), data)
-    if got is None or got[0] != Res.SUCCESS:
-        err("Failed to execute request")
-        return EXIT_FAILURE
-    return EXIT_SUCCESS
+    ok = _exec_checked(ctx, Request(Op.SET_LOGLEVEL, Flag.CMD_WRITE, len(data)), data)
+    return EXIT_FAILURE if ok is None else EXIT_SUCCESS
 
 
 def log_level_get(ctx: Context, args: list[str]) -> int:
@@ -437,11 +439,8 @@ def vnodes_set(ctx: Context, args: list[str]) -> int:
         err(f"Invalid number of vnodes '{text}': must be an integer between 1 and 65535")
         raise DogExit(EXIT_USAGE)
     data = struct.pack("<i4x", value)  # dog sends sizeof(a pointer) bytes, the value first
-    got = _exec(ctx, Request(Op.SET_VNODES, Flag.CMD_WRITE, len(data)), data)
-    if got is None or got[0] != Res.SUCCESS:
-        err("Failed to execute request")
-        return EXIT_FAILURE
-    return EXIT_SUCCESS
+    ok = _exec_checked(ctx, Request(Op.SET_VNODES, Flag.CMD_WRITE, len(data)), data)
+    return EXIT_FAILURE if ok is None else EXIT_SUCCESS
 
 
 def node_vnodes(ctx: Context, args: list[str]) -> int:
