@@ -50,6 +50,16 @@ async def _store_call(node: "Node", fn, *args) -> Reply:
     return Reply(Res.SUCCESS, out if out is not None else b"")
 
 
+async def _store_write(node: "Node", req: Request, fn, *args) -> Reply:
+    """A store write (``fn(*args, sync)``): synchronous unless the client flagged it CACHE,
+    which is then remembered for the next flush (writeback.py)."""
+    cached = is_cached(req.flags)
+    reply = await _store_call(node, fn, *args, not cached)
+    if cached and reply.result == Res.SUCCESS:
+        node.writeback.note(req.args.oid)
+    return reply
+
+
 async def peer_read(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if node.opts.gateway:
@@ -65,11 +75,7 @@ async def peer_write(node: "Node", req: Request, payload: bytes) -> Reply:
     a: ObjArgs = req.args
     if a.offset + len(payload) > _peer_size(node, req):
         return Reply(Res.INVALID_PARMS)
-    cached = is_cached(req.flags)
-    reply = await _store_call(node, node.store.write, a.oid, a.offset, payload, not cached)
-    if cached and reply.result == Res.SUCCESS:
-        node.writeback.note(a.oid)
-    return reply
+    return await _store_write(node, req, node.store.write, a.oid, a.offset, payload)
 
 
 async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> Reply:
@@ -79,12 +85,7 @@ async def peer_create_and_write(node: "Node", req: Request, payload: bytes) -> R
     size = _peer_size(node, req)
     if a.offset + len(payload) > size:
         return Reply(Res.INVALID_PARMS)
-    cached = is_cached(req.flags)
-    reply = await _store_call(node, node.store.create_and_write, a.oid, a.offset, payload, size,
-                              not cached)
-    if cached and reply.result == Res.SUCCESS:
-        node.writeback.note(a.oid)
-    return reply
+    return await _store_write(node, req, node.store.create_and_write, a.oid, a.offset, payload, size)
 
 
 async def peer_remove(node: "Node", req: Request, payload: bytes) -> Reply:
