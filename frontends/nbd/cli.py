@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-route", action="store_true",
                    help="send everything through the one sheep (as QEMU does) instead of "
                    "sending object I/O straight to a sheep that holds the object")
+    s.add_argument("--no-shortcircuit", action="store_true",
+                   help="never read or write the object files of sheep on this host directly")
     s.add_argument("--timeout", metavar="SECONDS",
                    help="fail a request with EIO after a sheep was silent this long (default 90)")
     n = p.add_argument_group("the NBD server")
@@ -105,6 +107,8 @@ def plugin_args(a: argparse.Namespace) -> list[str]:
         args.append(f"timeout={a.timeout}")
     if a.no_route:
         args.append("route=false")
+    if a.no_shortcircuit and not a.no_route:
+        args.append("shortcircuit=false")
     cfg = ExportConfig()
     for kv in args:
         k, v = kv.split("=", 1)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from sheep.proto.constants import SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN
 
-KEYS = ("vdi", "snapshot", "address", "port", "socket", "readonly", "timeout", "route")
+KEYS = ("vdi", "snapshot", "address", "port", "socket", "readonly", "timeout", "route",
+        "shortcircuit")
 DEFAULT_PORT = 7000
 DEFAULT_TIMEOUT = 90.0  # seconds a sheep may stay silent before a request fails with EIO
 # (longer than the 60 s a gateway keeps retrying a write across membership changes)
@@ -23,7 +24,9 @@ socket=PATH          or its unix socket (instead of address/port)
 readonly=true|false  refuse writes (default false; a snapshot is always read-only)
 timeout=SECONDS      fail a request with EIO when the sheep is silent that long (default 90)
 route=true|false     send object I/O straight to a sheep holding the object (default true);
-                     false: everything through the one sheep"""
+                     false: everything through the one sheep
+shortcircuit=true|false  read and write the object files of sheep on this host
+                     directly, under their grants (default true; needs route=true)"""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -44,6 +47,7 @@ class ExportConfig:
     readonly: bool | None = None  # None: not given
     timeout: float = DEFAULT_TIMEOUT
     route: bool = True
+    shortcircuit: bool = True
     _seen: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ parsing
@@ -74,6 +78,8 @@ class ExportConfig:
             self.readonly = parse_bool(value, "readonly")
         elif key == "route":
             self.route = parse_bool(value, "route")
+        elif key == "shortcircuit":
+            self.shortcircuit = parse_bool(value, "shortcircuit")
         elif key == "timeout":
             try:
                 t = float(value)
@@ -89,6 +95,8 @@ class ExportConfig:
             raise ConfigError("the parameter vdi=NAME is required")
         if self.socket is not None and (self.address is not None or self.port is not None):
             raise ConfigError("socket= excludes address= and port=")
+        if "shortcircuit" in self._seen and self.shortcircuit and not self.route:
+            raise ConfigError("shortcircuit=true needs route=true (it places objects with the ring)")
         if self.is_snapshot:
             if self.readonly is False:
                 raise ConfigError("a snapshot export is read-only: readonly=false is refused")

@@ -40,6 +40,7 @@ from itertools import groupby
 from typing import Callable, Iterator
 
 from sheep.client.api import Client
+from sheep.client.shortcircuit import ShortCircuit
 from sheep.client.sync import Connection, SheepConnectionError, SheepError
 from sheep.client.vdi import MAX_RETARGETS, VdiClient
 from sheep.client.volume import Volume
@@ -374,6 +375,16 @@ class Worker(VdiClient):
         return self
 
     @property
+    def routes(self) -> RoutedConnection:
+        assert isinstance(self._conn, RoutedConnection)
+        return self._conn
+
+    def index_created(self, done: list[tuple[int, int]]) -> None:
+        """Point index entries at objects created outside `write` (short-circuit):
+        only those entries, so concurrent callers never write each other's stale ones."""
+        self._volume.update_index(done)
+
+    @property
     def broken(self) -> bool:
         return self._io is None or self._io.conn.closed
 
@@ -459,6 +470,9 @@ class Export:
         self.readahead = ReadAhead()
         self.gather = WriteGather(self.object_size)
         self.zeros = memoryview(bytes(self.object_size))
+        self.shortcircuit = ShortCircuit() if cfg.route and cfg.shortcircuit else None
+        self._indexing: dict[int, threading.Event] = {}  # new objects' entries being written
+        self._indexing_lock = threading.Lock()
 
     # ------------------------------------------------------------------ facts
 
@@ -479,7 +493,14 @@ class Export:
         return self.inode.header.vdi_id
 
     def close(self) -> None:
+        if self.shortcircuit is not None:
+            self.shortcircuit.close()
         self.master.close()
+
+    @property
+    def _direct(self) -> ShortCircuit | None:
+        sc = self.shortcircuit
+        return sc if sc is not None and sc.usable else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -540,9 +561,26 @@ class Export:
             return
         first, stop = self._span(offset, len(buf))
         with self.locks.hold(first, stop, lambda: False):
-            if stop - first == 1 and self._from_readahead(w, buf, offset, first):
-                return
-            w.readinto(buf, offset, self.zeros)
+            if self._direct is not None:
+                self._read_direct(w, buf, offset)
+            elif stop - first != 1 or not self._from_readahead(w, buf, offset, first):
+                w.readinto(buf, offset, self.zeros)
+
+    def _read_direct(self, w: Worker, buf: memoryview, offset: int) -> None:
+        """Read each object's file under a short-circuit grant; an object no sheep on
+        this host may hand out is read through the sheep."""
+        sc = self.shortcircuit
+        assert sc is not None
+        me, copies, objsize = self.vid, self.inode.header.nr_copies, self.object_size
+        writable = not self.readonly
+        for idx, at, n in self._pieces(offset, len(buf)):
+            piece = buf[at - offset:at - offset + n]
+            v = self.inode.get_vid(idx)
+            if not v:
+                piece[:] = self.zeros[:n]
+            elif not sc.read(w.routes, vid_to_data_oid(v, idx), copies, at - idx * objsize, piece,
+                             writable and v == me):
+                w.readinto(piece, at, self.zeros)
 
     def _from_readahead(self, w: Worker, buf: memoryview, offset: int, idx: int) -> bool:
         """Serve a read inside one object from a whole-object read; False: read directly."""
@@ -571,6 +609,9 @@ class Export:
     def pwrite(self, w: Worker, buf: memoryview, offset: int) -> None:
         if not len(buf):
             return
+        if self._direct is not None:  # no requests to save: nothing to gather
+            self._write(w, buf, offset)
+            return
         b, opener = self.gather.enter(offset, buf)
         try:
             if b is None:
@@ -596,8 +637,80 @@ class Export:
             self.gather.leave()
 
     def _write(self, w: Worker, buf: memoryview, offset: int) -> None:
+        if self._direct is not None:
+            for at, n in self._write_direct(w, buf, offset):
+                piece = buf[at - offset:at - offset + n]
+                self._changing(w, *self._span(at, n), lambda: w.write(at, piece))
+            return
         first, stop = self._span(offset, len(buf))
         self._changing(w, first, stop, lambda: w.write(offset, buf))
+
+    def _write_direct(self, w: Worker, buf: memoryview, offset: int) -> list[tuple[int, int]]:
+        """Write into the objects' files under short-circuit grants; returns the pieces
+        (VDI offset, length) left for the sheep: copies on write, and objects no sheep on
+        this host may hand out.
+
+        Writers share the objects here even where one is a hole: a grant creates a
+        missing object without replacing one that exists, and the index entries written
+        after the data are only those this call created (each set to our vid), so
+        writers of one new object may run side by side; the exclusive hold of
+        `_changing` is only needed for what goes through the sheep."""
+        sc = self.shortcircuit
+        assert sc is not None
+        me, copies, objsize = self.vid, self.inode.header.nr_copies, self.object_size
+        left: list[tuple[int, int]] = []
+        holes: list[int] = []
+        first, stop = self._span(offset, len(buf))
+        with self.locks.hold(first, stop, lambda: False):
+            if self.vid != me:
+                return [(offset, len(buf))]  # followed a snapshot meanwhile
+            try:
+                for idx, at, n in self._pieces(offset, len(buf)):
+                    v = self.inode.get_vid(idx)
+                    if v in (me, 0) and sc.write(w.routes, vid_to_data_oid(me, idx), copies,
+                                                 at - idx * objsize,
+                                                 buf[at - offset:at - offset + n], not v):
+                        if not v:
+                            holes.append(idx)
+                    else:
+                        left.append((at, n))
+            finally:
+                if holes:
+                    self._index_holes(w, holes)
+        return left
+
+    def _index_holes(self, w: Worker, holes: list[int]) -> None:
+        """Point the index at objects just created in holes, once per object: the first
+        writer of a new object writes its entry, the others wait for that (a write is
+        acknowledged only once its object is in the index)."""
+        mine: list[tuple[int, threading.Event]] = []
+        theirs: list[threading.Event] = []
+        with self._indexing_lock:
+            for idx in holes:
+                if self.inode.get_vid(idx) == self.vid:
+                    continue
+                ev = self._indexing.get(idx)
+                if ev is None:
+                    ev = self._indexing[idx] = threading.Event()
+                    mine.append((idx, ev))
+                else:
+                    theirs.append(ev)
+        try:
+            if mine:
+                w.index_created([(idx, 0) for idx, _ in mine])
+        finally:
+            with self._indexing_lock:
+                for idx, ev in mine:
+                    del self._indexing[idx]
+                    ev.set()
+        for ev in theirs:
+            ev.wait()
+        if any(self.inode.get_vid(idx) != self.vid for idx in holes):
+            raise OSError(errno.EIO, "index update of new objects failed")
+
+    def _forget(self, first: int, stop: int) -> None:
+        if self.shortcircuit is not None:
+            self.shortcircuit.forget([vid_to_data_oid(self.vid, i) for i in range(first, stop)])
 
     def trim(self, w: Worker, count: int, offset: int) -> None:
         """Whole objects only (as QEMU's discard): index entries cleared, the sheep
@@ -606,8 +719,11 @@ class Export:
         first, stop = -(-offset // size), (offset + count) // size
         if first >= stop:
             return
-        self._changing(w, first, stop, lambda: w.discard(first * size, (stop - first) * size),
-                       always_exclusive=True)
+        def body() -> None:
+            self._forget(first, stop)
+            w.discard(first * size, (stop - first) * size)
+
+        self._changing(w, first, stop, body, always_exclusive=True)
 
     def zero(self, w: Worker, count: int, offset: int, may_trim: bool, fast: bool) -> None:
         """Whole objects (with MAY_TRIM) are trimmed, which is fast: a 4-byte index write
@@ -633,6 +749,7 @@ class Export:
             if fast and writes:
                 raise FastZeroUnsupported()
             if wholes:
+                self._forget(first, stop)
                 w.discard(offset, count)
             for at, ln in writes:
                 w.write(at, self.zeros[:ln])
@@ -640,6 +757,8 @@ class Export:
         self._changing(w, first, stop, body, always_exclusive=True)
 
     def flush(self, w: Worker) -> None:
+        if self.shortcircuit is not None:
+            self.shortcircuit.flush()
         w.flush()
         self.flags = w.flags  # CACHE may have turned DIRECT (sheep 1.0 without a cache)
 

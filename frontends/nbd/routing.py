@@ -64,6 +64,13 @@ class Router:
         self._avoid[addr] = time.monotonic() + AVOID
         self._when = float("-inf")  # membership probably changed: refresh soon
 
+    def owners(self, oid: int, copies: int) -> list[Addr] | None:
+        """Where the ring places ``oid`` (None before the first node list)."""
+        ring = self._ring
+        if ring is None:
+            return None
+        return [(n.nid.host, n.nid.port) for n in ring.oid_to_nodes(oid, copies or 1)]
+
     def target(self, req: Request) -> Addr | None:
         """Where ``req`` is best sent; None for home."""
         ring = self._ring
@@ -111,10 +118,13 @@ class RoutedConnection(Connection):
             c.close()
         self.home.close()
 
-    def _conn_for(self, req: Request) -> Connection:
+    def owners(self, oid: int, copies: int) -> list[Addr] | None:
         self.router.maybe_refresh(self.home)
-        addr = self.router.target(req)
-        if addr is None:
+        return self.router.owners(oid, copies)
+
+    def connection_to(self, addr: Addr) -> Connection | None:
+        """This thread's connection to the sheep at ``addr`` (None if unreachable)."""
+        if addr == self.router.home:
             return self.home
         c = self._peers.get(addr)
         if c is None or c.closed:
@@ -122,9 +132,16 @@ class RoutedConnection(Connection):
                 c = Connection(addr[0], addr[1], timeout=self.router.timeout)
             except SheepConnectionError:
                 self.router.lost(addr)
-                return self.home
+                return None
             self._peers[addr] = c
         return c
+
+    def _conn_for(self, req: Request) -> Connection:
+        self.router.maybe_refresh(self.home)
+        addr = self.router.target(req)
+        if addr is None:
+            return self.home
+        return self.connection_to(addr) or self.home
 
     def _lost(self, conn: Connection) -> None:
         for addr, c in list(self._peers.items()):

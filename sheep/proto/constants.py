@@ -135,6 +135,7 @@ class Op(enum.IntEnum):
     SET_RECOVERY = 0xCB
     SET_VNODES = 0xCC
     GET_VNODES = 0xCD
+    LOCAL_OBJ = 0xE0  # ours: a same-host client's grant to an object file (shortcircuit.py)
 
 
 # Gateway-to-peer opcode map (wire.md §7).

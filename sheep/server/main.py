@@ -313,6 +313,7 @@ async def run(opts: Options, listeners, ready) -> int:
     from .vdi_ops import scan_local_inodes
 
     node = Node(opts, make_driver(opts.cluster))
+    node.lease.open(opts.store_dir)
     md_ops.attach(node)
     await trio.to_thread.run_sync(node.load_local_state)
     await trio.to_thread.run_sync(scan_local_inodes, node)
@@ -334,6 +335,7 @@ async def run(opts: Options, listeners, ready) -> int:
         ready()
         nursery.start_soon(_signals, node)
         await node.shutdown_event.wait()
+        node.lease.bump()  # leaving: same-host clients stop using our files
         if node.status not in (Status.SHUTDOWN, Status.KILLED):
             node.status = Status.KILLED
         await trio.sleep(0.2)  # let replies in flight reach their clients

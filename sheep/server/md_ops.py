@@ -69,6 +69,7 @@ async def _change_table(node: "Node", change: Callable[[DiskSet], DiskSet | None
         if new is None:
             return None
         if node.store.table is table:
+            node.lease.bump()
             node.store.set_table(new)
             return new
 
@@ -92,6 +93,7 @@ def _disk_failed(node: "Node", path: str) -> None:
         if node._nursery is None:  # starting up: nothing else runs yet
             new = _without(path)(node.store.table)
             if new is not None:
+                node.lease.bump()
                 node.store.set_table(new)
                 log.error("disk %s failed and is removed", path)
         elif path not in _failing:

@@ -110,7 +110,11 @@ class Node:
         self._drained = trio.Event()
         self.vdi_states_ready = trio.Event()
         from .recovery import Recovery
+        from .shortcircuit import Lease
         self.recovery = Recovery(self)
+        # Same-host clients' grants (shortcircuit.py): bumped before any change that could
+        # move, replace or freeze an object takes effect.
+        self.lease = Lease()
 
     @contextmanager
     def in_flight(self, epoch: int):
@@ -206,6 +210,7 @@ class Node:
 
     # ------------------------------------------------------------------ epochs
     def epoch_changed(self) -> None:
+        self.lease.bump()
         self._epoch_event.set()
         self._epoch_event = trio.Event()
 
@@ -224,10 +229,12 @@ class Node:
     def _set_members(self, nodes: list[SdNode]) -> None:
         if self.flags & ClusterFlag.AUTO_VNODES or (self.ctime == 0 and self.auto_vnodes):
             nodes = recalculate_vnodes(nodes)
+        self.lease.bump()
         self.members = sort_nodes(nodes)
         self.ring = Ring(self.members)
 
     async def _log_epoch(self) -> None:
+        self.lease.bump()
         self.epoch += 1
         await self.io(self.meta.save_epoch, self.epoch, list(self.members), int(time.time()))
         log.info("epoch %d: %d nodes [%s]", self.epoch, len(self.members),
@@ -256,6 +263,7 @@ class Node:
 
     def on_suspended(self, suspended: bool) -> None:
         """Coordination service unreachable: stop acknowledging I/O until it is back."""
+        self.lease.bump()
         self.suspended = suspended
         if not suspended:
             self._resumed.set()
@@ -270,6 +278,7 @@ class Node:
     def on_rejoining(self) -> None:
         """Our session expired: the others count us gone; we rejoin as a new incarnation."""
         log.warning("lost our cluster session: rejoining")
+        self.lease.bump()
         self.wait_nodes = list(self.members) if self.status == Status.OK else self.wait_nodes
         self.status = Status.WAIT
         self.members = []
@@ -305,6 +314,7 @@ class Node:
         return True, encode_cinfo(ci)
 
     async def on_accept(self, joiner: Member, members: list[Member], reply: bytes, is_me: bool) -> None:
+        self.lease.bump()
         nodes = [SdNode.decode(m.node) for m in members]
         last_epoch = self.epoch  # ours, before adopting the cluster's
         if is_me:
@@ -366,6 +376,7 @@ class Node:
         await self._membership_changed([SdNode.decode(m.node) for m in members])
 
     async def on_notify(self, sender: Member, data: bytes) -> None:
+        self.lease.bump()  # snapshots, deletions, copy changes...: grants are re-asked
         req = Request.decode(data[:HEADER_SIZE])
         rsp = Response.decode(data[HEADER_SIZE:2 * HEADER_SIZE])
         from .ops import OPS

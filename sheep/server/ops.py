@@ -20,6 +20,7 @@ from . import vdi_attr as A
 from . import md_ops as MD
 from . import vdi_ops as V
 from . import writeback as W
+from .shortcircuit import local_obj
 from .cluster.logdriver import BackendUnavailable
 from .repair import repair_replica
 from .stats import counted
@@ -115,6 +116,7 @@ OPS: dict[int, OpSpec] = {
     Op.DECREF_OBJ: OpSpec("DECREF_OBJ", G, handler=L.gw_decref),
     Op.DECREF_PEER: OpSpec("DECREF_PEER", P, handler=L.peer_decref),
     Op.REPAIR_REPLICA: OpSpec("REPAIR_REPLICA", LO, handler=repair_replica),
+    Op.LOCAL_OBJ: OpSpec("LOCAL_OBJ", LO, handler=local_obj),  # ours: short-circuit I/O
 }
 
 

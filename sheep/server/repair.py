@@ -32,6 +32,7 @@ async def repair_replica(node: "Node", req: Request, payload: bytes) -> Reply:
     size = gateway.obj_size(node, a.oid)
     read = Request(Op.READ_PEER, data_length=size, epoch=req.epoch or node.epoch,
                    proto_ver=SD_SHEEP_PROTO_VER, args=ObjArgs(oid=a.oid))
+    node.lease.bump()  # same-host clients must not write into the copy being replaced
     async with node.object_lock(a.oid):  # a write to us waits: it lands after the copy
         rsp, data = await node.peers.call(source, read)
         if rsp.result != Res.SUCCESS:

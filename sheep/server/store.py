@@ -249,6 +249,20 @@ class ObjectStore:
             if disk is not home:
                 self._unlink_quietly(disk, os.path.join(disk.path, _name(oid)))
 
+    def grantable_path(self, oid: int, create_size: int = 0) -> tuple[str | None, bool]:
+        """(path, created) of the object's file for a short-circuit grant: only a file on
+        its home disk (one elsewhere is due to move); absent, it is created zero-filled
+        when ``create_size`` is given, else (None, False)."""
+        table = self.table
+        found = self._locate(oid, table)
+        if found is not None:
+            disk, path = found
+            return (path if disk is table.home(oid) else None), False
+        if not create_size:
+            return None, False
+        self.create_and_write(oid, 0, b"", create_size, sync=False)
+        return self.path(oid), True
+
     def _unlink_quietly(self, disk: Disk, path: str) -> bool:
         """Remove a file if present (a failing disk is reported, not raised)."""
         try:

@@ -34,6 +34,9 @@ def test_defaults_and_values():
     assert (c.snapid, c.tag, c.readonly) == (0, "before-upgrade", True)
     assert c.connect_args == dict(unix_path="/run/sheep.sock", timeout=90.0)
     assert parse("vdi=A", "readonly=off", "route=false").readonly is False
+    assert parse("vdi=A").shortcircuit is True
+    assert parse("vdi=A", "shortcircuit=no").shortcircuit is False
+    assert parse("vdi=A", "route=false", "shortcircuit=false").shortcircuit is False
 
 
 @pytest.mark.parametrize("params, message", [
@@ -48,6 +51,8 @@ def test_defaults_and_values():
     (["snapshot=s"], "vdi=NAME is required"),
     (["vdi=A", "socket=/s", "port=7000"], "socket= excludes address= and port="),
     (["vdi=A", "snapshot=s", "readonly=false"], "a snapshot export is read-only"),
+    (["vdi=A", "shortcircuit=sometimes"], "shortcircuit='sometimes': expected true or false"),
+    (["vdi=A", "route=false", "shortcircuit=true"], "shortcircuit=true needs route=true"),
 ])
 def test_rejected(params, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):

@@ -56,9 +56,11 @@ def _stopwatch_read(uri: str, timeout: float = 60) -> tuple[float, subprocess.Co
 
 
 def test_silent_or_dead_sheep_give_errors_not_hangs(env):
+    """Through the sheep (short-circuit off: a stopped sheep's files would still serve
+    reads, see test_shortcircuit.py)."""
     c = env.cluster(3, copies=3)
     env.vdi(c, "Alice", "16M")
-    s = env.nbdkit(c, "vdi=Alice", "timeout=2")
+    s = env.nbdkit(c, "vdi=Alice", "timeout=2", "shortcircuit=false")
     run("qemu-io", "-f", "raw", s.uri, "-c", "write -P 0x61 0 64k")
     pids = [n.pid for n in c.nodes]
     for pid in pids:

@@ -1,0 +1,363 @@
+"""Short-circuit object I/O for a client on the sheep's host (contract and safety
+argument: sheep/proto/shortcircuit.py).
+
+`ShortCircuit` keeps one grant per object, shared by the threads of a process: for each
+replica the sheep's mapped lease, the generation the grant names, and the object file
+opened by this process.  A write goes to every replica's file with pwrite(2) after the
+generations were checked, and counts only if afterwards the generations are unchanged
+and the sheep still hold their leases; otherwise the caller sends it again through the
+sheep (idempotent: same bytes, same place).  A read uses one replica and the same check
+afterwards.  The data never
+passes through a socket: the same copies as nbdkit's own file plugin.
+
+Written files are fdatasynced by `flush` (and when a grant is dropped); the sheep makes
+files it created for us durable with the next FLUSH_VDI, as it does for its own writes.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Protocol
+
+from ..proto.constants import Op, Res
+from ..proto.header import ObjArgs, Request
+from ..proto.shortcircuit import (
+    GEN_OFFSET, GRANT_CREATE, GRANT_WRITE, LEASE_SIZE, MAX_GRANT, Grant, decode_lease,
+)
+from .sync import Connection, SheepConnectionError
+
+_GEN = struct.Struct("<Q")
+Addr = tuple[str, int]
+
+
+class Routes(Protocol):
+    """What ShortCircuit needs from the routing layer (frontends/nbd/routing.py)."""
+
+    def owners(self, oid: int, copies: int) -> list[Addr] | None: ...
+
+    def connection_to(self, addr: Addr) -> Connection | None: ...
+
+
+class _Lease:
+    """A sheep's lease file, mapped read-only."""
+
+    __slots__ = ("path", "token", "fd", "map", "_alive_until")
+
+    ALIVE_FOR = 0.05  # seconds a liveness check is trusted (each is a syscall)
+
+    def __init__(self, path: str, token: bytes) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            m = mmap.mmap(fd, LEASE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            if decode_lease(m)[1] != token:
+                m.close()
+                raise ValueError("another sheep's lease")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.path, self.token, self.fd, self.map = path, token, fd, m
+        self._alive_until = 0.0
+
+    def gen(self) -> int:
+        return _GEN.unpack_from(self.map, GEN_OFFSET)[0]
+
+    def alive(self) -> bool:
+        """The sheep holds its exclusive lock (the kernel drops it when the sheep dies);
+        checked at most every `ALIVE_FOR` seconds."""
+        now = time.monotonic()
+        if now < self._alive_until:
+            return True
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._alive_until = now + self.ALIVE_FOR
+            return True
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
+
+class _Replica:
+    __slots__ = ("lease", "gen", "fd")
+
+    def __init__(self, lease: _Lease, gen: int, fd: int) -> None:
+        self.lease, self.gen, self.fd = lease, gen, fd
+
+    def current(self) -> bool:
+        """The grant still holds: same generation, sheep alive.  (A granted file is only
+        replaced, moved or removed by the sheep after a bump: recovery, disk changes and
+        repairs bump first; removals of the VDI's objects are this client's own trims
+        and zeroes, which `forget` the grants first.)"""
+        return self.lease.gen() == self.gen and self.lease.alive()
+
+
+class _Grant:
+    __slots__ = ("replicas", "writable", "users", "dropped", "dirty")
+
+    def __init__(self, replicas: list[_Replica], writable: bool) -> None:
+        self.replicas = replicas
+        self.writable = writable
+        self.users = 0
+        self.dropped = False
+        self.dirty = False
+
+    def unchanged(self) -> bool:
+        return all(r.lease.gen() == r.gen for r in self.replicas)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+class ShortCircuit:
+    """Grants of one process (thread-safe; see the module docstring)."""
+
+    CAPACITY = 256   # objects with open grants (each holds one fd per replica)
+    RETRY = 1.0      # seconds before asking again for an object a sheep refused
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._grants: OrderedDict[int, _Grant] = OrderedDict()
+        self._leases: dict[str, _Lease] = {}
+        self._remote: set[Addr] = set()  # sheep on another host, or without LOCAL_OBJ
+        self._local: set[Addr] = set()
+        self._refused: dict[int, float] = {}
+        self._acquiring: dict[int, threading.Event] = {}  # one thread asks, the others wait
+        self._sync_error = 0
+        self.hits = self.misses = 0
+
+    @property
+    def usable(self) -> bool:
+        """False once every sheep asked turned out to be out of reach of this host."""
+        return bool(self._local) or not self._remote
+
+    # ------------------------------------------------------------------ grants
+
+    def _use(self, oid: int, write: bool) -> _Grant | None:
+        with self._lock:
+            g = self._grants.get(oid)
+            if g is None or (write and not g.writable):
+                return None
+            g.users += 1
+            self._grants.move_to_end(oid)
+            return g
+
+    def _release(self, g: _Grant) -> None:
+        with self._lock:
+            g.users -= 1
+            closing = g.dropped and not g.users
+        if closing:
+            self._close(g)
+
+    def _drop(self, oid: int, g: _Grant) -> None:
+        with self._lock:
+            if self._grants.get(oid) is g:
+                del self._grants[oid]
+            g.dropped = True
+            closing = not g.users
+        if closing:
+            self._close(g)
+
+    def _close(self, g: _Grant) -> None:
+        for r in g.replicas:
+            if g.dirty:
+                try:
+                    os.fdatasync(r.fd)
+                except OSError as e:
+                    self._sync_error = self._sync_error or e.errno or errno.EIO
+            os.close(r.fd)
+
+    def _install(self, oid: int, g: _Grant) -> None:
+        evicted: list[tuple[int, _Grant]] = []
+        with self._lock:
+            old = self._grants.pop(oid, None)
+            if old is not None:
+                evicted.append((oid, old))
+            self._grants[oid] = g
+            while len(self._grants) > self.CAPACITY:
+                evicted.append(next(iter(self._grants.items())))
+                del self._grants[evicted[-1][0]]
+        for k, e in evicted:
+            self._drop(k, e)
+
+    def _lease_for(self, addr: Addr, grant: Grant) -> _Lease | None:
+        with self._lock:
+            lease = self._leases.get(grant.lease_path)
+            if lease is not None and lease.token == grant.token:
+                return lease
+            try:
+                lease = _Lease(grant.lease_path, grant.token)
+            except (OSError, ValueError):
+                self._remote.add(addr)  # its files are not ours to see
+                return None
+            self._leases[grant.lease_path] = lease  # (a restarted sheep's replaces its old one)
+            self._local.add(addr)
+            return lease
+
+    def _acquire(self, routes: Routes, oid: int, copies: int, write: bool, create: bool) -> bool:
+        """Ask every owner of ``oid`` for a grant; install them if all agree."""
+        until = self._refused.get(oid)
+        if until is not None:
+            if until > time.monotonic():
+                return False
+            del self._refused[oid]
+        owners = routes.owners(oid, copies)
+        if not owners or any(a in self._remote for a in owners):
+            return False
+        flags = (GRANT_WRITE if write else 0) | (GRANT_CREATE if create else 0)
+        grants: list[tuple[Addr, Grant]] = []
+        for addr in owners:
+            conn = routes.connection_to(addr)
+            if conn is None:
+                return False
+            req = Request(Op.LOCAL_OBJ, flags, MAX_GRANT, args=ObjArgs(oid=oid, copies=copies))
+            try:
+                rsp, data = conn.call(req)
+            except SheepConnectionError:
+                return False
+            if rsp.result == Res.INVALID_PARMS:  # a sheep without short-circuit I/O
+                self._remote.add(addr)
+                return False
+            if rsp.result != Res.SUCCESS:
+                self._refused[oid] = time.monotonic() + self.RETRY
+                return False
+            grants.append((addr, Grant.decode(data)))
+        if len({g.epoch for _, g in grants}) != 1 or any(g.owners != len(owners) for _, g in grants):
+            return False  # our ring is not the sheep's: use them until it is
+        replicas: list[_Replica] = []
+        try:
+            for addr, grant in grants:
+                lease = self._lease_for(addr, grant)
+                if lease is None:
+                    raise LookupError
+                fd = os.open(grant.path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
+                replicas.append(_Replica(lease, grant.gen, fd))
+        except (OSError, LookupError):
+            for r in replicas:
+                os.close(r.fd)
+            return False
+        self._install(oid, _Grant(replicas, write))
+        return True
+
+    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool, create: bool
+                      ) -> bool:
+        """`_acquire`, by one thread at a time per object (the others wait for it)."""
+        with self._lock:
+            busy = self._acquiring.get(oid)
+            if busy is None:
+                self._acquiring[oid] = threading.Event()
+        if busy is not None:
+            busy.wait()
+            return True  # the caller looks again
+        try:
+            return self._acquire(routes, oid, copies, write, create)
+        finally:
+            with self._lock:
+                self._acquiring.pop(oid).set()
+
+    def _with_grant(self, routes: Routes, oid: int, copies: int, write: bool, create: bool,
+                    io: Callable[[_Grant], bool]) -> bool:
+        """Run ``io`` under a grant (asked once if missing or stale); False: use the sheep."""
+        for asked in (False, True):
+            g = self._use(oid, write)
+            if g is None:
+                if asked or not self._acquire_once(routes, oid, copies, write, create):
+                    self.misses += 1
+                    return False
+                continue
+            try:
+                if write and not g.unchanged():  # (a read is judged by its check after)
+                    self._drop(oid, g)
+                    continue
+                if io(g):
+                    self.hits += 1
+                    return True
+                self._drop(oid, g)
+                self.misses += 1
+                return False
+            finally:
+                self._release(g)
+        return False
+
+    # ------------------------------------------------------------------ I/O
+
+    def read(self, routes: Routes, oid: int, copies: int, offset: int, buf: memoryview,
+             writable: bool) -> bool:
+        """Fill ``buf`` from the object; ``writable`` asks for a grant that writes can
+        reuse (the object is the caller's own)."""
+        def io(g: _Grant) -> bool:
+            r = g.replicas[oid % len(g.replicas)]
+            done = 0
+            try:
+                while done < len(buf):
+                    n = os.preadv(r.fd, [buf[done:]], offset + done)
+                    if not n:
+                        buf[done:] = bytes(len(buf) - done)
+                        break
+                    done += n
+            except OSError:
+                return False
+            return r.current()
+        return self._with_grant(routes, oid, copies, writable, False, io)
+
+    def write(self, routes: Routes, oid: int, copies: int, offset: int, data: memoryview,
+              create: bool) -> bool:
+        """Write ``data`` into every replica; ``create``: the object may not exist yet."""
+        def io(g: _Grant) -> bool:
+            try:
+                for r in g.replicas:
+                    _pwrite_all(r.fd, data, offset)
+            except OSError:
+                return False
+            g.dirty = True
+            return all(r.current() for r in g.replicas)
+        return self._with_grant(routes, oid, copies, True, create, io)
+
+    def forget(self, oids: list[int]) -> None:
+        """Objects about to be removed or replaced through the sheep (trim, zero)."""
+        with self._lock:
+            found = [(oid, self._grants[oid]) for oid in oids if oid in self._grants]
+        for oid, g in found:
+            self._drop(oid, g)
+
+    def flush(self) -> None:
+        """fdatasync every file written since the last flush (OSError on failure)."""
+        with self._lock:
+            grants = [g for g in self._grants.values() if g.dirty]
+            for g in grants:
+                g.users += 1
+            error, self._sync_error = self._sync_error, 0
+        try:
+            for g in grants:
+                g.dirty = False
+                try:
+                    for r in g.replicas:
+                        os.fdatasync(r.fd)
+                except OSError as e:
+                    g.dirty = True
+                    error = error or e.errno or errno.EIO
+        finally:
+            for g in grants:
+                self._release(g)
+        if error:
+            raise OSError(error, "flush of short-circuit writes failed")
+
+    def close(self) -> None:
+        with self._lock:
+            grants = list(self._grants.items())
+        for oid, g in grants:
+            self._drop(oid, g)
+        for lease in self._leases.values():
+            lease.map.close()
+            os.close(lease.fd)
+        self._leases.clear()
+
+
+__all__ = ["ShortCircuit", "Routes"]

@@ -1,0 +1,93 @@
+"""LOCAL_OBJ (sheep/server/shortcircuit.py) on real sheep: who grants what, what a grant
+names, and when the lease generation moves."""
+from __future__ import annotations
+
+import fcntl
+import os
+
+from sheep.client.api import Client
+from sheep.proto.constants import Op, Res
+from sheep.proto.header import ObjArgs, Request
+from sheep.proto.oid import vid_to_data_oid, vid_to_vdi_oid
+from sheep.proto.placement import Ring
+from sheep.proto.shortcircuit import (
+    GRANT_CREATE, GRANT_WRITE, LEASE_NAME, MAX_GRANT, Grant, decode_lease,
+)
+
+from .harness import wait_until
+
+MB = 1 << 20
+
+
+def ask(cluster, node: int, oid: int, flags: int = 0, copies: int = 0, length: int = MAX_GRANT):
+    with cluster.client(node) as c:
+        return c.call(Request(Op.LOCAL_OBJ, flags, length, args=ObjArgs(oid=oid, copies=copies)))
+
+
+def owners(cluster, oid: int, copies: int) -> list[int]:
+    """Indexes of the nodes that own ``oid``."""
+    with cluster.client() as c:
+        ports = [n.nid.port for n in Ring(c.get_node_list()).oid_to_nodes(oid, copies)]
+    return [i for i, s in enumerate(cluster.nodes) if s.port in ports]
+
+
+def lease_gen(sheep) -> int:
+    return decode_lease((sheep.store / LEASE_NAME).read_bytes())[0]
+
+
+def test_grants_only_what_the_node_could_serve(cluster):
+    cluster.format(2)
+    with cluster.client() as c:
+        vid = c.new_vdi("Alice", 16 * MB).vdi_id
+    oid = vid_to_data_oid(vid, 1)
+    mine = owners(cluster, oid, 2)
+    other = next(i for i in range(3) if i not in mine)
+
+    # a hole: not without GRANT_CREATE; created (zeros, object size) with it
+    assert ask(cluster, mine[0], oid, GRANT_WRITE)[0].result == Res.NO_OBJ
+    rsp, data = ask(cluster, mine[0], oid, GRANT_WRITE | GRANT_CREATE)
+    assert rsp.result == Res.SUCCESS
+    g = Grant.decode(data)
+    assert os.path.getsize(g.path) == 4 * MB and g.owners == 2
+    with open(g.path, "rb") as f:
+        assert f.read() == bytes(4 * MB)
+    gen, token, pid = decode_lease(open(g.lease_path, "rb").read())
+    assert (gen, token, pid) == (g.gen, g.token, cluster.nodes[mine[0]].pid)
+
+    # not an owner; not a data object; a reply buffer too small for the grant
+    assert ask(cluster, other, oid, GRANT_WRITE | GRANT_CREATE)[0].result == Res.NO_OBJ
+    assert ask(cluster, mine[0], vid_to_vdi_oid(vid))[0].result == Res.INVALID_PARMS
+    assert ask(cluster, mine[0], oid, length=8)[0].result == Res.BUFFER_SMALL
+
+    # a snapshot's objects are granted for reading only
+    cluster.dog("vdi", "snapshot", "-s", "s1", "Alice")
+    assert ask(cluster, mine[0], oid, GRANT_WRITE)[0].result == Res.READONLY
+    assert ask(cluster, mine[0], oid)[0].result == Res.SUCCESS
+
+
+def test_generation_moves_before_objects_can(cluster):
+    cluster.format(3)
+    before = [lease_gen(s) for s in cluster.nodes]
+    cluster.dog("vdi", "create", "Bob", "4M")  # a cluster operation, on every node
+    after = [lease_gen(s) for s in cluster.nodes]
+    assert all(a > b for a, b in zip(after, before))
+
+    victim = cluster.nodes[2]
+    lease = open(victim.store / LEASE_NAME, "rb")
+    try:  # held while the sheep lives, free the moment it dies (kill -9 included)
+        try:
+            fcntl.flock(lease, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            raise AssertionError("the lease of a live sheep is not locked")
+        except BlockingIOError:
+            pass
+        victim.kill9()
+        fcntl.flock(lease, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        lease.close()
+    wait_until("the others see the death", lambda: all(
+        lease_gen(s) > a for s, a in zip(cluster.nodes[:2], after)))
+
+    old_token = decode_lease((victim.store / LEASE_NAME).read_bytes())[1]
+    victim.start()
+    cluster.wait_members(3)
+    assert decode_lease((victim.store / LEASE_NAME).read_bytes())[1] != old_token
