@@ -91,6 +91,10 @@ def get_ready() -> None:
 
 def cleanup() -> None:
     if _export is not None:
+        sc = _export.shortcircuit
+        if sc is not None:
+            nbdkit.debug(f"sheepdog: short-circuit I/O: {sc.hits} requests direct, "
+                         f"{sc.misses} through the sheep")
         try:
             _export.close()
         except Exception as e:  # the lock dies with its connection anyway

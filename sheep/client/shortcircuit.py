@@ -131,7 +131,7 @@ class ShortCircuit:
         self._refused: dict[int, float] = {}
         self._acquiring: dict[int, threading.Event] = {}  # one thread asks, the others wait
         self._sync_error = 0
-        self.hits = self.misses = 0
+        self.hits = self.misses = 0  # requests served directly / left to the sheep (debug)
 
     @property
     def usable(self) -> bool:
@@ -207,7 +207,7 @@ class ShortCircuit:
         if until is not None:
             if until > time.monotonic():
                 return False
-            del self._refused[oid]
+            self._refused.pop(oid, None)
         owners = routes.owners(oid, copies)
         if not owners or any(a in self._remote for a in owners):
             return False
@@ -239,16 +239,19 @@ class ShortCircuit:
                     raise LookupError
                 fd = os.open(grant.path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
                 replicas.append(_Replica(lease, grant.gen, fd))
-        except (OSError, LookupError):
+        except (OSError, LookupError) as e:
             for r in replicas:
                 os.close(r.fd)
+            if isinstance(e, PermissionError):  # another user's files: not for us, ever
+                self._remote.update(addr for addr, _ in grants)
             return False
         self._install(oid, _Grant(replicas, write))
         return True
 
-    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool, create: bool
-                      ) -> bool:
-        """`_acquire`, by one thread at a time per object (the others wait for it)."""
+    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool,
+                      created: Callable[[], None] | None) -> bool:
+        """`_acquire`, by one thread at a time per object (the others wait for it, and
+        for ``created``, called when that created the object)."""
         with self._lock:
             busy = self._acquiring.get(oid)
             if busy is None:
@@ -257,18 +260,22 @@ class ShortCircuit:
             busy.wait()
             return True  # the caller looks again
         try:
-            return self._acquire(routes, oid, copies, write, create)
+            if not self._acquire(routes, oid, copies, write, created is not None):
+                return False
+            if created is not None:
+                created()
+            return True
         finally:
             with self._lock:
                 self._acquiring.pop(oid).set()
 
-    def _with_grant(self, routes: Routes, oid: int, copies: int, write: bool, create: bool,
-                    io: Callable[[_Grant], bool]) -> bool:
+    def _with_grant(self, routes: Routes, oid: int, copies: int, write: bool,
+                    created: Callable[[], None] | None, io: Callable[[_Grant], bool]) -> bool:
         """Run ``io`` under a grant (asked once if missing or stale); False: use the sheep."""
         for asked in (False, True):
             g = self._use(oid, write)
             if g is None:
-                if asked or not self._acquire_once(routes, oid, copies, write, create):
+                if asked or not self._acquire_once(routes, oid, copies, write, created):
                     self.misses += 1
                     return False
                 continue
@@ -305,11 +312,13 @@ class ShortCircuit:
             except OSError:
                 return False
             return r.current()
-        return self._with_grant(routes, oid, copies, writable, False, io)
+        return self._with_grant(routes, oid, copies, writable, None, io)
 
     def write(self, routes: Routes, oid: int, copies: int, offset: int, data: memoryview,
-              create: bool) -> bool:
-        """Write ``data`` into every replica; ``create``: the object may not exist yet."""
+              created: Callable[[], None] | None = None) -> bool:
+        """Write ``data`` into every replica.  With ``created``, the object may not exist
+        yet: the grant creates it, and ``created`` is called by the one thread whose grant
+        did so, before anyone writes into it."""
         def io(g: _Grant) -> bool:
             try:
                 for r in g.replicas:
@@ -318,7 +327,7 @@ class ShortCircuit:
                 return False
             g.dirty = True
             return all(r.current() for r in g.replicas)
-        return self._with_grant(routes, oid, copies, True, create, io)
+        return self._with_grant(routes, oid, copies, True, created, io)
 
     def forget(self, oids: list[int]) -> None:
         """Objects about to be removed or replaced through the sheep (trim, zero)."""

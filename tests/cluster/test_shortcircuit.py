@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 
-from sheep.client.api import Client
 from sheep.proto.constants import Op, Res
 from sheep.proto.header import ObjArgs, Request
 from sheep.proto.oid import vid_to_data_oid, vid_to_vdi_oid

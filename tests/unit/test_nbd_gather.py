@@ -1,4 +1,4 @@
-"""WriteGather (frontends/nbd/export.py): pieces of a stream that reach the plugin's
+"""WriteGather (frontends/nbd/streams.py): pieces of a stream that reach the plugin's
 threads in any order are merged into contiguous runs; nothing is lost or reordered."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given, strategies as st
 
-from frontends.nbd.export import WriteGather, _Batch, _joined
+from frontends.nbd.streams import WriteGather, _Batch, _joined
 
 OBJ = 1 << 22
 PIECE = 1 << 18
