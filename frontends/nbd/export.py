@@ -312,16 +312,20 @@ class Export:
     def pread(self, w: Worker, buf: memoryview, offset: int) -> None:
         if not len(buf):
             return
+        if self._direct is not None:
+            self._read_direct(w, buf, offset)
+            return
         first, stop = self._span(offset, len(buf))
         with self.locks.hold(first, stop, lambda: False):
-            if self._direct is not None:
-                self._read_direct(w, buf, offset)
-            elif stop - first != 1 or not self._from_readahead(w, buf, offset, first):
+            if stop - first != 1 or not self._from_readahead(w, buf, offset, first):
                 w.readinto(buf, offset, self.zeros)
 
     def _read_direct(self, w: Worker, buf: memoryview, offset: int) -> None:
         """Read each object's file under a short-circuit grant; an object no sheep on
-        this host may hand out is read through the sheep."""
+        this host may hand out is read through the sheep.  No object lock is taken: a
+        read sees every write completed before it started (the data is in the files,
+        the entries in the shared index) and NBD orders nothing among requests in
+        flight together; a grant dropped meanwhile stays open while it is in use."""
         sc = self.shortcircuit
         assert sc is not None
         me, copies, objsize = self.vid, self.inode.header.nr_copies, self.object_size

@@ -97,14 +97,15 @@ class _Replica:
 
 
 class _Grant:
-    __slots__ = ("replicas", "writable", "users", "dropped", "dirty")
+    __slots__ = ("replicas", "writable", "users", "dropped", "dirty", "fresh")
 
-    def __init__(self, replicas: list[_Replica], writable: bool) -> None:
+    def __init__(self, replicas: list[_Replica], writable: bool, fresh: bool) -> None:
         self.replicas = replicas
         self.writable = writable
         self.users = 0
         self.dropped = False
         self.dirty = False
+        self.fresh = fresh  # asked with GRANT_CREATE: a hole of the caller's until claimed
 
     def unchanged(self) -> bool:
         return all(r.lease.gen() == r.gen for r in self.replicas)
@@ -245,13 +246,12 @@ class ShortCircuit:
             if isinstance(e, PermissionError):  # another user's files: not for us, ever
                 self._remote.update(addr for addr, _ in grants)
             return False
-        self._install(oid, _Grant(replicas, write))
+        self._install(oid, _Grant(replicas, write, create))
         return True
 
-    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool,
-                      created: Callable[[], None] | None) -> bool:
-        """`_acquire`, by one thread at a time per object (the others wait for it, and
-        for ``created``, called when that created the object)."""
+    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool, create: bool
+                      ) -> bool:
+        """`_acquire`, by one thread at a time per object (the others wait for it)."""
         with self._lock:
             busy = self._acquiring.get(oid)
             if busy is None:
@@ -260,11 +260,7 @@ class ShortCircuit:
             busy.wait()
             return True  # the caller looks again
         try:
-            if not self._acquire(routes, oid, copies, write, created is not None):
-                return False
-            if created is not None:
-                created()
-            return True
+            return self._acquire(routes, oid, copies, write, create)
         finally:
             with self._lock:
                 self._acquiring.pop(oid).set()
@@ -275,7 +271,8 @@ class ShortCircuit:
         for asked in (False, True):
             g = self._use(oid, write)
             if g is None:
-                if asked or not self._acquire_once(routes, oid, copies, write, created):
+                if asked or not self._acquire_once(routes, oid, copies, write,
+                                                   created is not None):
                     self.misses += 1
                     return False
                 continue
@@ -283,6 +280,8 @@ class ShortCircuit:
                 if write and not g.unchanged():  # (a read is judged by its check after)
                     self._drop(oid, g)
                     continue
+                if created is not None and g.fresh and self._claim(g):
+                    created()
                 if io(g):
                     self.hits += 1
                     return True
@@ -314,11 +313,16 @@ class ShortCircuit:
             return r.current()
         return self._with_grant(routes, oid, copies, writable, None, io)
 
+    def _claim(self, g: _Grant) -> bool:
+        with self._lock:
+            fresh, g.fresh = g.fresh, False
+        return fresh
+
     def write(self, routes: Routes, oid: int, copies: int, offset: int, data: memoryview,
               created: Callable[[], None] | None = None) -> bool:
-        """Write ``data`` into every replica.  With ``created``, the object may not exist
-        yet: the grant creates it, and ``created`` is called by the one thread whose grant
-        did so, before anyone writes into it."""
+        """Write ``data`` into every replica.  With ``created``, the object is a hole of
+        the caller's and may not exist yet: the grant creates it, and ``created`` is
+        called once per grant so made, by the first writer, before it writes."""
         def io(g: _Grant) -> bool:
             try:
                 for r in g.replicas:
