@@ -83,19 +83,23 @@ async def write_index(node: "Node", inode_oid: int, offset: int, data: bytes | b
     start, count = touched.start, len(touched)
     entries_off = SD_INODE_HEADER_SIZE + 4 * start
     old = await gateway.read_obj(node, inode_oid, entries_off, 4 * count, copies)
-    grefs = await gateway.read_obj(node, inode_oid, gref_offset(start), 8 * count, copies)
-    reply = await gateway.fanout(node, Op.WRITE_OBJ, inode_oid, offset, data, copies, flags)
-    if reply.result != Res.SUCCESS or old.result != Res.SUCCESS or grefs.result != Res.SUCCESS:
-        return reply.result
+    if old.result != Res.SUCCESS:
+        return (await gateway.fanout(node, Op.WRITE_OBJ, inode_oid, offset, data, copies,
+                                     flags)).result
     new_entries = bytearray(old.data)
     rel = offset - entries_off
     new_entries[rel:rel + len(data)] = data
     old_vids = struct.unpack(f"<{count}I", bytes(old.data))
     new_vids = struct.unpack(f"<{count}I", bytes(new_entries))
-    refs = struct.unpack(f"<{2 * count}i", bytes(grefs.data))
     changed = [i for i in range(count) if old_vids[i] and old_vids[i] != new_vids[i]]
-    if not changed:
-        return Res.SUCCESS
+    if not changed:  # only holes filled (a new object's entry): no reference to release
+        return (await gateway.fanout(node, Op.WRITE_OBJ, inode_oid, offset, data, copies,
+                                     flags)).result
+    grefs = await gateway.read_obj(node, inode_oid, gref_offset(start), 8 * count, copies)
+    reply = await gateway.fanout(node, Op.WRITE_OBJ, inode_oid, offset, data, copies, flags)
+    if reply.result != Res.SUCCESS or grefs.result != Res.SUCCESS:
+        return reply.result
+    refs = struct.unpack(f"<{2 * count}i", bytes(grefs.data))
     lo, hi = min(changed), max(changed) + 1
     cleared = bytearray(grefs.data[8 * lo:8 * hi])  # unchanged entries keep their gref
     for i in changed:
