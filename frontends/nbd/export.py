@@ -31,7 +31,8 @@ of worker threads, and requests arrive on them concurrently.  The design:
   the object files under the sheep's grants, with the copies of nbdkit's own file
   plugin.  Read-ahead and gathering have no requests to save there and are skipped; a
   write into a hole has the object created by its owners through the grant, and its
-  index entry written once by its first writer (`_index_holes`).  What a grant does not
+  index entry sent at once by the writer whose grant created it, while the data is
+  written (`_write_direct`).  What a grant does not
   cover (copy on write, a sheep elsewhere, a membership change) goes through the sheep.
 
 Errors become errno values with `errno_of`; sockets have a timeout, so a silent sheep
@@ -419,7 +420,7 @@ class Export:
         assert sc is not None
         me, copies, objsize = self.vid, self.inode.header.nr_copies, self.object_size
         left: list[tuple[int, int]] = []
-        holes: list[int] = []
+        holes: list[tuple[int, int, int]] = []  # (idx, VDI offset, length) written into holes
         sent: dict[int, tuple[int, threading.Event]] = {}
         first, stop = self._span(offset, len(buf))
         with self.locks.hold(first, stop, lambda: False):
@@ -433,12 +434,13 @@ class Export:
                                                  at - idx * objsize,
                                                  buf[at - offset:at - offset + n], created):
                         if not v:
-                            holes.append(idx)
+                            holes.append((idx, at, n))
                     else:
                         left.append((at, n))
             finally:
                 if holes or sent:
-                    self._index_holes(w, holes, sent)
+                    unindexed = self._index_holes(w, [i for i, _, _ in holes], sent)
+                    left.extend((at, n) for i, at, n in holes if i in unindexed)
         return left
 
     def _index_send(self, w: Worker, idx: int, sent: dict[int, tuple[int, threading.Event]]
@@ -458,14 +460,19 @@ class Export:
             raise
 
     def _index_holes(self, w: Worker, holes: list[int],
-                     sent: dict[int, tuple[int, threading.Event]]) -> None:
+                     sent: dict[int, tuple[int, threading.Event]]) -> set[int]:
         """Point the index at objects just created in holes, once per object: the entry
         is written by the writer that sent it, or by the first writer to get here; the
-        others wait for that (a write is acknowledged only once its object is indexed)."""
+        others wait for that (a write is acknowledged only once its object is indexed).
+        Returns the holes still not indexed because a snapshot came between the grant
+        and the entry (READONLY): their pieces go through the sheep, which follows it."""
         failure: BaseException | None = None
         for idx, (rid, ev) in sent.items():
             try:
                 w.finish_index_entry(idx, rid)
+            except SheepError as e:
+                if e.result != Res.READONLY:
+                    failure = failure or e
             except BaseException as e:
                 failure = failure or e
             finally:
@@ -487,6 +494,9 @@ class Export:
         try:
             if mine:
                 w.index_created([(idx, 0) for idx, _ in mine])
+        except SheepError as e:
+            if e.result != Res.READONLY:
+                raise
         finally:
             with self._indexing_lock:
                 for idx, ev in mine:
@@ -496,8 +506,7 @@ class Export:
             ev.wait()
         if failure is not None:
             raise failure
-        if any(self.inode.get_vid(idx) != self.vid for idx in holes):
-            raise OSError(errno.EIO, "index update of new objects failed")
+        return {idx for idx in holes if self.inode.get_vid(idx) != self.vid}
 
     def _forget(self, first: int, stop: int) -> None:
         if self.shortcircuit is not None:

@@ -14,6 +14,7 @@ from sheep.client.api import Client
 from sheep.client.volume import Volume
 from sheep.proto.constants import ClusterFlag
 from sheep.proto.placement import Ring
+from sheep.proto.shortcircuit import LEASE_NAME, decode_lease
 from sheep.client.sync import SheepConnectionError
 
 BIN = Path(sys.executable).parent
@@ -202,6 +203,22 @@ class Cluster:
 
     def alive(self) -> list[Sheep]:
         return [s for s in self.nodes if s.proc is not None and s.proc.poll() is None]
+
+    def wait_quiet(self, timeout: float = 30, quiet: float = 0.5) -> None:
+        """Wait until no live sheep has bumped its lease for ``quiet`` seconds: a fresh or
+        changed cluster recovers and reports it (cluster operations, which bump it), and
+        a recovering sheep grants no short-circuit I/O (sheep/server/shortcircuit.py)."""
+        def gens() -> list[int]:
+            return [decode_lease((n.store / LEASE_NAME).read_bytes())[0] for n in self.alive()]
+        last = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = gens()
+            if now == last:
+                return
+            last = now
+            time.sleep(quiet)
+        raise AssertionError("the sheep keep bumping their leases")
 
     def wait_members(self, n: int, timeout: float = 10) -> None:
         """Until every live node sees ``n`` members at the same epoch."""

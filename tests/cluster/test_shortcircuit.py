@@ -38,6 +38,7 @@ def test_grants_only_what_the_node_could_serve(cluster):
     cluster.format(2)
     with cluster.client() as c:
         vid = c.new_vdi("Alice", 16 * MB).vdi_id
+    cluster.wait_quiet()  # (a recovering sheep grants nothing)
     oid = vid_to_data_oid(vid, 1)
     mine = owners(cluster, oid, 2)
     other = next(i for i in range(3) if i not in mine)
@@ -66,6 +67,7 @@ def test_grants_only_what_the_node_could_serve(cluster):
 
 def test_generation_moves_before_objects_can(cluster):
     cluster.format(3)
+    cluster.wait_quiet()  # from here on, only what the test does moves the generations
     before = [lease_gen(s) for s in cluster.nodes]
     cluster.dog("vdi", "create", "Bob", "4M")  # a cluster operation, on every node
     after = [lease_gen(s) for s in cluster.nodes]

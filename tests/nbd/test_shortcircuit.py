@@ -6,9 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
-
-from sheep.proto.shortcircuit import LEASE_NAME, decode_lease
 
 from .nbdenv import dog_read, nbd_py, run
 
@@ -32,27 +29,11 @@ def _replica_digests(c, name_hex: str) -> list[str]:
     return out
 
 
-def settled(c) -> None:
-    """Wait until no sheep has bumped its lease for a while (a fresh cluster recovers
-    and reports it: those bump it, and a recovering sheep grants nothing)."""
-    def gens():
-        return [decode_lease((n.store / LEASE_NAME).read_bytes())[0] for n in c.alive()]
-    last = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        now = gens()
-        if now == last:
-            return
-        last = now
-        time.sleep(0.5)
-    raise AssertionError("the sheep keep bumping their leases")
-
-
 def test_writes_land_in_every_replica_without_the_sheep(env):
     c = env.cluster(3, copies=3)
     env.vdi(c, "Alice", "16M")
     s = env.nbdkit(c, "vdi=Alice", "timeout=2")
-    settled(c)
+    c.wait_quiet()
     run("qemu-io", "-f", "raw", s.uri, "-c", f"write -P 0x61 0 {OBJ}")  # creates object 0
     pids = [n.pid for n in c.nodes]
     for pid in pids:  # every sheep silent: anything sent to one fails after 2 s with EIO
