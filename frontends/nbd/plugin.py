@@ -36,6 +36,7 @@ from frontends.nbd.export import Export, Session, errno_of  # noqa: E402
 from sheep.client.sync import SheepConnectionError, SheepError  # noqa: E402
 
 API_VERSION = 2
+MAX_REQUEST = 32 << 20  # nbdkit's and most clients' largest request
 
 # nbdkit prints an exception raised by a callback with its traceback; expected failures
 # (bad parameters, sheep errors) read better as their one-line message.  Unexpected ones
@@ -123,6 +124,13 @@ def get_size(h: Session) -> int:
 
 def is_rotational(h: Session) -> bool:
     return False
+
+
+def block_size(h: Session) -> tuple[int, int, int]:
+    """NBD_INFO_BLOCK_SIZE: any alignment works; the preferred size is the object
+    (clients such as nbdcopy then move a whole object per request: one grant and one
+    write instead of sixteen 256 KiB requests, each a Python call); 32 MiB at most."""
+    return 1, min(h.export.object_size, MAX_REQUEST), MAX_REQUEST
 
 
 def can_write(h: Session) -> bool:
