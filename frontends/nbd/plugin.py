@@ -37,6 +37,7 @@ from sheep.client.sync import SheepConnectionError, SheepError  # noqa: E402
 
 API_VERSION = 2
 MAX_REQUEST = 32 << 20  # nbdkit's and most clients' largest request
+PREFERRED_REQUEST = 1 << 20  # see block_size
 
 # nbdkit prints an exception raised by a callback with its traceback; expected failures
 # (bad parameters, sheep errors) read better as their one-line message.  Unexpected ones
@@ -127,10 +128,14 @@ def is_rotational(h: Session) -> bool:
 
 
 def block_size(h: Session) -> tuple[int, int, int]:
-    """NBD_INFO_BLOCK_SIZE: any alignment works; the preferred size is the object
-    (clients such as nbdcopy then move a whole object per request: one grant and one
-    write instead of sixteen 256 KiB requests, each a Python call); 32 MiB at most."""
-    return 1, min(h.export.object_size, MAX_REQUEST), MAX_REQUEST
+    """NBD_INFO_BLOCK_SIZE: any alignment works, 32 MiB at most, and 1 MiB preferred
+    (or the object, if smaller).  Clients such as nbdcopy then send 1 MiB requests: four
+    per 4 MiB object instead of sixteen of 256 KiB, each a Python call here (measured:
+    about +30 % copy throughput).  Not the whole object: the kernel caches data written in
+    big pieces in big folios, which makes later 4 KiB random writes into it slower (up
+    to -30 % IOPS with 4 MiB pieces, -10 % with 1 MiB; the same with nbdkit's file
+    plugin)."""
+    return 1, min(h.export.object_size, PREFERRED_REQUEST), MAX_REQUEST
 
 
 def can_write(h: Session) -> bool:

@@ -98,8 +98,11 @@ def test_nbdcopy_and_map(env, tmp_path):
     src = tmp_path / "src.img"
     data = make_image(src, 48 * MiB, [(0, 6 * MiB), (17 * MiB, 5), (40 * MiB, 8 * MiB)])
     s = env.nbdkit(c, "vdi=Alice")
-    info = run("nbdinfo", "--json", s.uri).stdout
-    assert json.loads(info)["exports"][0]["can_multi_conn"] is True
+    info = json.loads(run("nbdinfo", "--json", s.uri).stdout)["exports"][0]
+    assert info["can_multi_conn"] is True
+    # any alignment, 1 MiB preferred (plugin.block_size), 32 MiB at most
+    assert (info["block_size_minimum"], info["block_size_preferred"],
+            info["block_size_maximum"]) == (1, MiB, 32 * MiB)
     run("nbdcopy", "--flush", src, s.uri)  # several connections (multi-conn), in parallel
     out = tmp_path / "out.img"
     run("nbdcopy", s.uri, out)
