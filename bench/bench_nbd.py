@@ -18,6 +18,7 @@ written back before each copy), then prints the best of each measurement with it
 to the file plugin's best, and every round's numbers: the machines here are noisy.
 
     .venv/bin/python bench/bench_nbd.py [--gib 1] [--ops 5000] [--rounds 3] [--dir DIR]
+                                        [--param KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ def measure(uri: str, src: Path, size: int, ops: int) -> dict[str, float]:
 TARGETS = ("file plugin", "copies=1", "copies=3")
 
 
-def one_round(cluster: Cluster, root: Path, src: Path, size: int, ops: int, rnd: int
-              ) -> dict[str, dict[str, float]]:
+def one_round(cluster: Cluster, root: Path, src: Path, size: int, ops: int, rnd: int,
+              params: list[str]) -> dict[str, dict[str, float]]:
     """Fresh targets (an empty file, two new VDIs), measured in an order that rotates
     from round to round, so that no target always follows the same one."""
     target = root / f"file{rnd}.img"
@@ -128,9 +129,10 @@ def one_round(cluster: Cluster, root: Path, src: Path, size: int, ops: int, rnd:
     port = str(cluster.nodes[0].port)
     servers = {
         "file plugin": Server(root, f"file{rnd}", ["file", str(target)]),
-        "copies=1": Server(root, f"one{rnd}", ["python", PLUGIN, f"vdi=one{rnd}", f"port={port}"]),
+        "copies=1": Server(root, f"one{rnd}", ["python", PLUGIN, f"vdi=one{rnd}", f"port={port}",
+                                               *params]),
         "copies=3": Server(root, f"three{rnd}", ["python", PLUGIN, f"vdi=three{rnd}",
-                                                  f"port={port}"]),
+                                                  f"port={port}", *params]),
     }
     results = {}
     try:
@@ -153,6 +155,8 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=5000, help="requests per qemu-img bench run")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; the best of each is shown")
     ap.add_argument("--dir", help="where the stores, the file and the source go (one disk)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a plugin parameter, e.g. shortcircuit=false (repeatable)")
     a = ap.parse_args()
     size = int(a.gib * 1024) * MiB
     root = Path(tempfile.mkdtemp(prefix="bench-nbd-", dir=a.dir))
@@ -168,15 +172,16 @@ def main() -> None:
             for _ in range(size // (64 * MiB)):
                 f.write(os.urandom(64 * MiB))
         for rnd in range(a.rounds):
-            rounds.append(one_round(cluster, root, src, size, a.ops, rnd))
+            rounds.append(one_round(cluster, root, src, size, a.ops, rnd, a.param))
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     best = {t: {k: max(r[t][k] for r in rounds) for k in rounds[0][t]} for t in TARGETS}
     base = best["file plugin"]
-    print(f"\nnbdkit python plugin vs nbdkit file plugin, {size // MiB} MiB, "
-          f"3 sheep on one machine ({os.cpu_count()} CPUs), best of {len(rounds)} rounds\n")
+    print(f"\nnbdkit python plugin{''.join(' ' + p for p in a.param)} vs nbdkit file plugin, "
+          f"{size // MiB} MiB, 3 sheep on one machine ({os.cpu_count()} CPUs), "
+          f"best of {len(rounds)} rounds\n")
     head = f"{'':26} {'file plugin':>12} {'copies=1':>10} {'ratio':>6} {'copies=3':>10} {'ratio':>6}"
     print(head)
     print("-" * len(head))
