@@ -142,11 +142,6 @@ class Worker(VdiClient):
             raise SheepError(rsp.result)
         self._volume.inode.set_vid(idx, self._volume.vid)
 
-    def index_created(self, done: list[tuple[int, int]]) -> None:
-        """Point index entries at objects created outside `write` (short-circuit):
-        only those entries, so concurrent callers never write each other's stale ones."""
-        self._volume.update_index(done)
-
     @property
     def broken(self) -> bool:
         return self._io is None or self._io.conn.closed
@@ -444,12 +439,16 @@ class Export:
         return left
 
     def _index_send(self, w: Worker, idx: int, sent: dict[int, tuple[int, threading.Event]]
-                    ) -> None:
-        """Our grant just created object ``idx``: send its index entry (the reply is
-        taken in `_index_holes`) unless another writer is writing it already."""
+                    ) -> threading.Event | None:
+        """Send the index entry of our new object ``idx`` (the reply is taken in
+        `_index_holes`) unless it is indexed or sent already; returns the event of
+        another writer that is writing it, for the caller to wait on."""
         with self._indexing_lock:
-            if idx in self._indexing or self.inode.get_vid(idx) == self.vid:
-                return
+            if self.inode.get_vid(idx) == self.vid or idx in sent:
+                return None
+            ev = self._indexing.get(idx)
+            if ev is not None:
+                return ev
             ev = self._indexing[idx] = threading.Event()
         try:
             sent[idx] = (w.send_index_entry(idx), ev)
@@ -458,15 +457,25 @@ class Export:
                 del self._indexing[idx]
             ev.set()
             raise
+        return None
 
     def _index_holes(self, w: Worker, holes: list[int],
                      sent: dict[int, tuple[int, threading.Event]]) -> set[int]:
         """Point the index at objects just created in holes, once per object: the entry
-        is written by the writer that sent it, or by the first writer to get here; the
-        others wait for that (a write is acknowledged only once its object is indexed).
-        Returns the holes still not indexed because a snapshot came between the grant
-        and the entry (READONLY): their pieces go through the sheep, which follows it."""
+        is written by the writer whose grant created the object (sent already), or by
+        the first writer to get here; the others wait for that (a write is acknowledged
+        only once its object is indexed).  Returns the holes still not indexed because a
+        snapshot came between the grant and the entry (READONLY): their pieces go through
+        the sheep, which follows it."""
         failure: BaseException | None = None
+        theirs: list[threading.Event] = []
+        try:
+            for idx in holes:
+                ev = self._index_send(w, idx, sent)
+                if ev is not None:
+                    theirs.append(ev)
+        except BaseException as e:
+            failure = e
         for idx, (rid, ev) in sent.items():
             try:
                 w.finish_index_entry(idx, rid)
@@ -479,29 +488,6 @@ class Export:
                 with self._indexing_lock:
                     del self._indexing[idx]
                 ev.set()
-        mine: list[tuple[int, threading.Event]] = []
-        theirs: list[threading.Event] = []
-        with self._indexing_lock:
-            for idx in holes:
-                if self.inode.get_vid(idx) == self.vid:
-                    continue
-                ev = self._indexing.get(idx)
-                if ev is None:
-                    ev = self._indexing[idx] = threading.Event()
-                    mine.append((idx, ev))
-                else:
-                    theirs.append(ev)
-        try:
-            if mine:
-                w.index_created([(idx, 0) for idx, _ in mine])
-        except SheepError as e:
-            if e.result != Res.READONLY:
-                raise
-        finally:
-            with self._indexing_lock:
-                for idx, ev in mine:
-                    del self._indexing[idx]
-                    ev.set()
         for ev in theirs:
             ev.wait()
         if failure is not None:

@@ -181,11 +181,11 @@ class Volume:
         view = memoryview(data).cast("B")
         self.check_range(offset, len(view))
         done = self.send_writes(list(self.chunks(offset, len(view))), view)
-        self.update_index(done.done)
+        self._update_index(done.done)
         if done.error:
             raise SheepError(done.error)
 
-    def update_index(self, done: list[tuple[int, int]]) -> None:
+    def _update_index(self, done: list[tuple[int, int]]) -> None:
         """Point changed entries at our objects; the in-memory index follows each success."""
         me = self.vid
         runs: list[tuple[int, int]] = []  # [start, stop) of entries to write
