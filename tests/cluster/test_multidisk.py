@@ -190,6 +190,16 @@ def test_plug_adds_a_disk(md_cluster, tmp_path):
     assert all(oid in objects_on(homes[oid]) for oid in after)
 
 
+def cold_restart(c) -> None:
+    """`dog cluster shutdown`, every sheep exits cleanly, all start again (same epoch)."""
+    c.dog("cluster", "shutdown")
+    for s in c.nodes:
+        assert s.proc.wait(15) == 0
+    for s in c.nodes:
+        s.start()
+    c.wait_members(3)
+
+
 @pytest.mark.parametrize("failure", ["directory removed", "directory replaced by a file"])
 def test_failed_disk_is_removed_and_its_objects_recovered(md_cluster, failure):
     c = md_cluster(3)
@@ -226,12 +236,7 @@ def test_failed_disk_is_removed_and_its_objects_recovered(md_cluster, failure):
     broken.mkdir()
     os.setxattr(broken, "user.md.size", weight)  # the same disk: its recorded size comes back
     (broken / f"{old:016x}").write_bytes(os.urandom(4 << 20))
-    c.dog("cluster", "shutdown")
-    for s in c.nodes:
-        assert s.proc.wait(15) == 0
-    for s in c.nodes:
-        s.start()
-    c.wait_members(3)
+    cold_restart(c)
     assert md5(c.read_volume("A")) == md5(data)
     assert read_many(c, "B", chunks)
     assert f"disk {broken} was dropped while in use (failed or unplugged): emptied" in c.nodes[0].log()
@@ -250,12 +255,7 @@ def test_disk_left_out_at_restart_is_refilled(md_cluster):
     everything = node0_objects(c)
     left_out = c.nodes[0].disks.pop(1)
     assert objects_on(left_out)
-    c.dog("cluster", "shutdown")
-    for s in c.nodes:
-        assert s.proc.wait(15) == 0
-    for s in c.nodes:
-        s.start()
-    c.wait_members(3)
+    cold_restart(c)
     wait_until("node 0 to hold every object again", lambda: node0_objects(c) == everything)
     homes = home_disks(c.nodes[0].disks, everything)
     assert all(oid in objects_on(homes[oid]) for oid in everything)
