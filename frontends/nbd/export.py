@@ -30,9 +30,9 @@ of worker threads, and requests arrive on them concurrently.  The design:
   travels through a sheep: `ShortCircuit` (sheep/client/shortcircuit.py) reads and writes
   the object files under the sheep's grants, with the copies of nbdkit's own file
   plugin.  Read-ahead and gathering have no requests to save there and are skipped; a
-  write into a hole has the object created by its owners through the grant, and its
-  index entry sent at once by the writer whose grant created it, while the data is
-  written (`_write_direct`).  What a grant does not
+  write into a hole creates the object (here, under directory grants, or by its owners)
+  and is acknowledged once `IndexCommits` has written the object's index entry, with
+  those of the other objects created meanwhile (`_write_direct`).  What a grant does not
   cover (copy on write, a sheep elsewhere, a membership change) goes through the sheep.
 
 Errors become errno values with `errno_of`; sockets have a timeout, so a silent sheep
@@ -56,7 +56,7 @@ from sheep.proto.oid import vid_to_data_oid
 
 from .config import ExportConfig
 from .routing import RoutedConnection, Router
-from .streams import ObjectLocks, ReadAhead, WriteGather, _joined
+from .streams import IndexCommits, ObjectLocks, ReadAhead, WriteGather, _joined
 
 WINDOW = 16  # object requests in flight per worker connection
 
@@ -131,16 +131,10 @@ class Worker(VdiClient):
         assert isinstance(self._conn, RoutedConnection)
         return self._conn
 
-    def send_index_entry(self, idx: int) -> int:
-        """Send (not wait for) the write of one index entry pointing at our own object."""
-        req, payload = self._volume.index_entry_request(idx)
-        return self._io.conn.send(req, payload)
-
-    def finish_index_entry(self, idx: int, rid: int) -> None:
-        rsp, _ = self._io.conn.receive(rid)
-        if rsp.result != Res.SUCCESS:
-            raise SheepError(rsp.result)
-        self._volume.inode.set_vid(idx, self._volume.vid)
+    def index_new_objects(self, idxs: list[int]) -> None:
+        """Point the entries ``idxs`` (holes until now) at our own objects: one WRITE_OBJ
+        per run of adjacent entries, pipelined; the shared inode follows each success."""
+        self._volume.index_new_objects(idxs)
 
     @property
     def broken(self) -> bool:
@@ -220,8 +214,7 @@ class Export:
         self.gather = WriteGather(self.object_size)
         self.zeros = memoryview(bytes(self.object_size))
         self.shortcircuit = ShortCircuit() if cfg.route and cfg.shortcircuit else None
-        self._indexing: dict[int, threading.Event] = {}  # new objects' entries being written
-        self._indexing_lock = threading.Lock()
+        self.commits = IndexCommits(lambda idx: self.inode.get_vid(idx) == self.vid)
 
     # ------------------------------------------------------------------ facts
 
@@ -407,16 +400,14 @@ class Export:
         missing object without replacing one that exists, and the index entries written
         are only those of objects created so (each set to our vid), so writers of one new
         object may run side by side; the exclusive hold of `_changing` is only needed for
-        what goes through the sheep.  The writer whose grant created an object sends its
-        index entry at once, while the data is written (a zero-filled object in the
-        index reads like the hole it replaces), and every writer into it is acknowledged
-        once the entry is written (`_index_holes`)."""
+        what goes through the sheep.  A new object's entry is added to `commits` as soon
+        as the object exists (a zero-filled object in the index reads like the hole it
+        replaces), and every writer into it is acknowledged once the entry is written."""
         sc = self.shortcircuit
         assert sc is not None
         me, copies, objsize = self.vid, self.inode.header.nr_copies, self.object_size
         left: list[tuple[int, int]] = []
         holes: list[tuple[int, int, int]] = []  # (idx, VDI offset, length) written into holes
-        sent: dict[int, tuple[int, threading.Event]] = {}
         first, stop = self._span(offset, len(buf))
         with self.locks.hold(first, stop, lambda: False):
             if self.vid != me:
@@ -424,75 +415,31 @@ class Export:
             try:
                 for idx, at, n in self._pieces(offset, len(buf)):
                     v = self.inode.get_vid(idx)
-                    created = None if v else (lambda i=idx: self._index_send(w, i, sent))
+                    created = None if v else (lambda i=idx: self.commits.add(i))
                     if v in (me, 0) and sc.write(w.routes, vid_to_data_oid(me, idx), copies,
                                                  at - idx * objsize,
-                                                 buf[at - offset:at - offset + n], created):
+                                                 buf[at - offset:at - offset + n], created,
+                                                 objsize):
                         if not v:
                             holes.append((idx, at, n))
                     else:
                         left.append((at, n))
             finally:
-                if holes or sent:
-                    unindexed = self._index_holes(w, [i for i, _, _ in holes], sent)
+                if holes:
+                    unindexed = self._index_holes(w, [i for i, _, _ in holes])
                     left.extend((at, n) for i, at, n in holes if i in unindexed)
         return left
 
-    def _index_send(self, w: Worker, idx: int, sent: dict[int, tuple[int, threading.Event]]
-                    ) -> threading.Event | None:
-        """Send the index entry of our new object ``idx`` (the reply is taken in
-        `_index_holes`) unless it is indexed or sent already; returns the event of
-        another writer that is writing it, for the caller to wait on."""
-        with self._indexing_lock:
-            if self.inode.get_vid(idx) == self.vid or idx in sent:
-                return None
-            ev = self._indexing.get(idx)
-            if ev is not None:
-                return ev
-            ev = self._indexing[idx] = threading.Event()
-        try:
-            sent[idx] = (w.send_index_entry(idx), ev)
-        except BaseException:
-            with self._indexing_lock:
-                del self._indexing[idx]
-            ev.set()
-            raise
-        return None
-
-    def _index_holes(self, w: Worker, holes: list[int],
-                     sent: dict[int, tuple[int, threading.Event]]) -> set[int]:
-        """Point the index at objects just created in holes, once per object: the entry
-        is written by the writer whose grant created the object (sent already), or by
-        the first writer to get here; the others wait for that (a write is acknowledged
-        only once its object is indexed).  Returns the holes still not indexed because a
-        snapshot came between the grant and the entry (READONLY): their pieces go through
-        the sheep, which follows it."""
-        failure: BaseException | None = None
-        theirs: list[threading.Event] = []
-        try:
-            for idx in holes:
-                ev = self._index_send(w, idx, sent)
-                if ev is not None:
-                    theirs.append(ev)
-        except BaseException as e:
-            failure = e
-        for idx, (rid, ev) in sent.items():
-            try:
-                w.finish_index_entry(idx, rid)
-            except SheepError as e:
-                if e.result != Res.READONLY:
-                    failure = failure or e
-            except BaseException as e:
-                failure = failure or e
-            finally:
-                with self._indexing_lock:
-                    del self._indexing[idx]
-                ev.set()
-        for ev in theirs:
-            ev.wait()
-        if failure is not None:
-            raise failure
-        return {idx for idx in holes if self.inode.get_vid(idx) != self.vid}
+    def _index_holes(self, w: Worker, holes: list[int]) -> set[int]:
+        """Wait for the index entries of the new objects ``holes`` (see `IndexCommits`).
+        Returns those a snapshot kept out of the index (READONLY: it came between the
+        object's creation and its entry): their pieces go through the sheep, which
+        follows the snapshot."""
+        failures = self.commits.wait(holes, w.index_new_objects)
+        for e in failures.values():
+            if not (isinstance(e, SheepError) and e.result == Res.READONLY):
+                raise e
+        return set(failures)
 
     def _forget(self, first: int, stop: int) -> None:
         if self.shortcircuit is not None:

@@ -43,6 +43,7 @@ class Router:
         self.home = home
         self.timeout = timeout
         self._ring: Ring | None = None
+        self._view: tuple[int, Ring] | None = None  # (epoch of its node list, the ring)
         self._when = float("-inf")
         self._avoid: dict[Addr, float] = {}
         self._refreshing = threading.Lock()
@@ -54,7 +55,9 @@ class Router:
             return
         try:
             self._when = time.monotonic()
-            self._ring = Ring(Client(home).get_node_list())
+            epoch, nodes = Client(home).node_list_at()
+            self._view = (epoch, Ring(nodes))
+            self._ring = self._view[1]
         except SheepError:
             pass  # keep the ring we have (or none: everything goes home)
         finally:
@@ -62,14 +65,23 @@ class Router:
 
     def lost(self, addr: Addr) -> None:
         self._avoid[addr] = time.monotonic() + AVOID
-        self._when = float("-inf")  # membership probably changed: refresh soon
+        self.refresh_soon()  # membership probably changed
+
+    def refresh_soon(self) -> None:
+        self._when = float("-inf")
 
     def owners(self, oid: int, copies: int) -> list[Addr] | None:
         """Where the ring places ``oid`` (None before the first node list)."""
-        ring = self._ring
-        if ring is None:
+        placed = self.placement(oid, copies)
+        return None if placed is None else placed[1]
+
+    def placement(self, oid: int, copies: int) -> tuple[int, list[Addr]] | None:
+        """(epoch, owners): `owners` with the epoch of the node list the ring came from."""
+        view = self._view
+        if view is None:
             return None
-        return [(n.nid.host, n.nid.port) for n in ring.oid_to_nodes(oid, copies or 1)]
+        epoch, ring = view
+        return epoch, [(n.nid.host, n.nid.port) for n in ring.oid_to_nodes(oid, copies or 1)]
 
     def target(self, req: Request) -> Addr | None:
         """Where ``req`` is best sent; None for home."""
@@ -121,6 +133,13 @@ class RoutedConnection(Connection):
     def owners(self, oid: int, copies: int) -> list[Addr] | None:
         self.router.maybe_refresh(self.home)
         return self.router.owners(oid, copies)
+
+    def placement(self, oid: int, copies: int) -> tuple[int, list[Addr]] | None:
+        self.router.maybe_refresh(self.home)
+        return self.router.placement(oid, copies)
+
+    def refresh_soon(self) -> None:
+        self.router.refresh_soon()
 
     def connection_to(self, addr: Addr) -> Connection | None:
         """This thread's connection to the sheep at ``addr`` (None if unreachable)."""

@@ -69,8 +69,12 @@ class Client:
 
     def get_node_list(self) -> list[SdNode]:
         """Current members in node order; the count comes from ``data_length`` as in dog."""
+        return self.node_list_at()[1]
+
+    def node_list_at(self) -> tuple[int, list[SdNode]]:
+        """(epoch, members): the reply's epoch is the one the list belongs to."""
         rsp, data = self.checked(Request(Op.GET_NODE_LIST, 0, SD_MAX_NODES * SD_NODE_SIZE))
-        return decode_nodes(data, rsp.data_length // SD_NODE_SIZE)
+        return rsp.epoch, decode_nodes(data, rsp.data_length // SD_NODE_SIZE)
 
     def cluster_info(self) -> ClusterInfo:
         _, data = self.checked(Request(Op.CLUSTER_INFO, 0, CLUSTER_INFO_SIZE))

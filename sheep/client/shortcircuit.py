@@ -12,6 +12,11 @@ passes through a socket: the same copies as nbdkit's own file plugin.
 
 Written files are fdatasynced by `flush` (and when a grant is dropped); the sheep makes
 files it created for us durable with the next FLUSH_VDI, as it does for its own writes.
+
+A new object (a write into a hole) is created here when every owner gave a directory
+grant (`GRANT_DIR`) at the epoch of our ring, and by its owners through LOCAL_OBJ
+otherwise; the names created here are made durable by `flush` (fsync of their
+directories).
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ from typing import Callable, Protocol
 
 from ..proto.constants import Op, Res
 from ..proto.header import ObjArgs, Request
+from ..proto.oid import oid_str, oid_to_vid, temp_file_name
 from ..proto.shortcircuit import (
-    GEN_OFFSET, GRANT_CREATE, GRANT_WRITE, LEASE_SIZE, MAX_GRANT, Grant, decode_lease,
+    GEN_OFFSET, GRANT_CREATE, GRANT_DIR, GRANT_WRITE, LEASE_SIZE, MAX_GRANT, Grant, decode_lease,
 )
 from .sync import Connection, SheepConnectionError
 
@@ -40,6 +46,12 @@ class Routes(Protocol):
     """What ShortCircuit needs from the routing layer (frontends/nbd/routing.py)."""
 
     def owners(self, oid: int, copies: int) -> list[Addr] | None: ...
+
+    def placement(self, oid: int, copies: int) -> tuple[int, list[Addr]] | None:
+        """(epoch of the node list the ring was built from, owners)."""
+
+    def refresh_soon(self) -> None:
+        """The ring may be behind: read the node list again soon."""
 
     def connection_to(self, addr: Addr) -> Connection | None: ...
 
@@ -111,6 +123,52 @@ class _Grant:
         return all(r.lease.gen() == r.gen for r in self.replicas)
 
 
+class _Directory:
+    """A directory grant: where one sheep lets us create one VDI's new objects."""
+
+    __slots__ = ("lease", "gen", "epoch", "path")
+
+    def __init__(self, lease: _Lease, grant: Grant) -> None:
+        self.lease, self.gen, self.epoch, self.path = lease, grant.gen, grant.epoch, grant.path
+
+    def current(self, epoch: int) -> bool:
+        return self.epoch == epoch and self.lease.gen() == self.gen
+
+
+def _create_object(directory: str, oid: int, size: int) -> int:
+    """Open ``oid``'s file in ``directory`` for writing, creating it zero-filled (sparse)
+    if absent: through a temporary name and link(2), so a file is never half made and an
+    existing one never replaced (one left by an earlier attempt is used, as the sheep
+    would)."""
+    final = os.path.join(directory, oid_str(oid))
+    try:
+        return os.open(final, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    tmp = temp_file_name(final)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        os.link(tmp, final)
+    except FileExistsError:
+        os.close(fd)
+        fd = os.open(final, os.O_RDWR | os.O_CLOEXEC)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        os.unlink(tmp)
+    return fd
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -131,8 +189,12 @@ class ShortCircuit:
         self._local: set[Addr] = set()
         self._refused: dict[int, float] = {}
         self._acquiring: dict[int, threading.Event] = {}  # one thread asks, the others wait
+        self._dirs: dict[tuple[Addr, int], _Directory] = {}  # by (sheep, vid)
+        self._no_dirs: dict[Addr, float] = {}  # sheep that refused a directory grant, until
+        self._created_in: set[str] = set()  # directories with names not yet fsynced
         self._sync_error = 0
         self.hits = self.misses = 0  # requests served directly / left to the sheep (debug)
+        self.created_here = 0  # new objects this process created under directory grants
 
     @property
     def usable(self) -> bool:
@@ -202,8 +264,76 @@ class ShortCircuit:
             self._local.add(addr)
             return lease
 
-    def _acquire(self, routes: Routes, oid: int, copies: int, write: bool, create: bool) -> bool:
-        """Ask every owner of ``oid`` for a grant; install them if all agree."""
+    def _directory(self, routes: Routes, addr: Addr, oid: int, copies: int, epoch: int
+                   ) -> _Directory | None:
+        """``addr``'s directory grant for ``oid``'s VDI at ``epoch`` (asked if missing or
+        stale), or None."""
+        key = (addr, oid_to_vid(oid))
+        d = self._dirs.get(key)
+        if d is not None and d.current(epoch):
+            return d
+        until = self._no_dirs.get(addr)
+        if until is not None and until > time.monotonic():
+            return None
+        conn = routes.connection_to(addr)
+        if conn is None:
+            return None
+        req = Request(Op.LOCAL_OBJ, GRANT_WRITE | GRANT_CREATE | GRANT_DIR, MAX_GRANT,
+                      args=ObjArgs(oid=oid, copies=copies))
+        try:
+            rsp, data = conn.call(req)
+        except SheepConnectionError:
+            return None
+        if rsp.result != Res.SUCCESS:
+            self._no_dirs[addr] = time.monotonic() + self.RETRY
+            return None
+        grant = Grant.decode(data)
+        if grant.epoch != epoch:
+            routes.refresh_soon()  # our ring is not the sheep's: ask the sheep meanwhile
+            return None
+        lease = self._lease_for(addr, grant)
+        if lease is None or not os.path.isdir(grant.path):  # (a sheep that ignored GRANT_DIR)
+            self._no_dirs[addr] = float("inf")
+            return None
+        d = self._dirs[key] = _Directory(lease, grant)
+        return d
+
+    def _create_here(self, routes: Routes, oid: int, copies: int, size: int) -> bool:
+        """Create the hole ``oid`` in every owner's directory ourselves, under directory
+        grants (contract: sheep/proto/shortcircuit.py), and install the grant."""
+        placed = routes.placement(oid, copies)
+        if placed is None:
+            return False
+        epoch, owners = placed
+        if not owners or any(a in self._remote for a in owners):
+            return False
+        dirs = [self._directory(routes, a, oid, copies, epoch) for a in owners]
+        if any(d is None or not d.current(epoch) for d in dirs):
+            return False
+        replicas: list[_Replica] = []
+        try:
+            for addr, d in zip(owners, dirs):
+                assert d is not None
+                replicas.append(_Replica(d.lease, d.gen, _create_object(d.path, oid, size)))
+                with self._lock:
+                    self._created_in.add(d.path)
+        except OSError as e:
+            for r in replicas:
+                os.close(r.fd)
+            # another user's directory: never; anything else (a full disk): not for a while
+            self._no_dirs[addr] = time.monotonic() + (
+                float("inf") if isinstance(e, PermissionError) else self.RETRY)
+            return False
+        self._install(oid, _Grant(replicas, True, True))
+        self.created_here += 1
+        return True
+
+    def _acquire(self, routes: Routes, oid: int, copies: int, write: bool, create: bool,
+                 size: int = 0) -> bool:
+        """Ask every owner of ``oid`` for a grant (or, for a new object of ``size`` bytes,
+        make it ourselves); install them if all agree."""
+        if create and size and self._create_here(routes, oid, copies, size):
+            return True
         until = self._refused.get(oid)
         if until is not None:
             if until > time.monotonic():
@@ -249,8 +379,8 @@ class ShortCircuit:
         self._install(oid, _Grant(replicas, write, create))
         return True
 
-    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool, create: bool
-                      ) -> bool:
+    def _acquire_once(self, routes: Routes, oid: int, copies: int, write: bool, create: bool,
+                      size: int = 0) -> bool:
         """`_acquire`, by one thread at a time per object (the others wait for it)."""
         with self._lock:
             busy = self._acquiring.get(oid)
@@ -260,19 +390,20 @@ class ShortCircuit:
             busy.wait()
             return True  # the caller looks again
         try:
-            return self._acquire(routes, oid, copies, write, create)
+            return self._acquire(routes, oid, copies, write, create, size)
         finally:
             with self._lock:
                 self._acquiring.pop(oid).set()
 
     def _with_grant(self, routes: Routes, oid: int, copies: int, write: bool,
-                    created: Callable[[], None] | None, io: Callable[[_Grant], bool]) -> bool:
+                    created: Callable[[], None] | None, io: Callable[[_Grant], bool],
+                    size: int = 0) -> bool:
         """Run ``io`` under a grant (asked once if missing or stale); False: use the sheep."""
         for asked in (False, True):
             g = self._use(oid, write)
             if g is None:
                 if asked or not self._acquire_once(routes, oid, copies, write,
-                                                   created is not None):
+                                                   created is not None, size):
                     self.misses += 1
                     return False
                 continue
@@ -319,10 +450,11 @@ class ShortCircuit:
         return fresh
 
     def write(self, routes: Routes, oid: int, copies: int, offset: int, data: memoryview,
-              created: Callable[[], None] | None = None) -> bool:
+              created: Callable[[], None] | None = None, size: int = 0) -> bool:
         """Write ``data`` into every replica.  With ``created``, the object is a hole of
-        the caller's and may not exist yet: the grant creates it, and ``created`` is
-        called once per grant so made, by the first writer, before it writes."""
+        the caller's, who holds the VDI's lock, and may not exist yet: the grant creates
+        it (here, ``size`` bytes, if directory grants allow), and ``created`` is called
+        once per grant so made, by the first writer, before it writes."""
         def io(g: _Grant) -> bool:
             try:
                 for r in g.replicas:
@@ -331,7 +463,7 @@ class ShortCircuit:
                 return False
             g.dirty = True
             return all(r.current() for r in g.replicas)
-        return self._with_grant(routes, oid, copies, True, created, io)
+        return self._with_grant(routes, oid, copies, True, created, io, size)
 
     def forget(self, oids: list[int]) -> None:
         """Objects about to be removed or replaced through the sheep (trim, zero)."""
@@ -347,6 +479,7 @@ class ShortCircuit:
             for g in grants:
                 g.users += 1
             error, self._sync_error = self._sync_error, 0
+            dirs, self._created_in = self._created_in, set()
         try:
             for g in grants:
                 g.dirty = False
@@ -359,6 +492,13 @@ class ShortCircuit:
         finally:
             for g in grants:
                 self._release(g)
+        for path in dirs:  # the names of objects created here
+            try:
+                _fsync_dir(path)
+            except OSError as e:
+                with self._lock:
+                    self._created_in.add(path)
+                error = error or e.errno or errno.EIO
         if error:
             raise OSError(error, "flush of short-circuit writes failed")
 

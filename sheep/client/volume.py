@@ -223,11 +223,10 @@ class Volume:
         if error:
             raise SheepError(error)
 
-    def index_entry_request(self, idx: int) -> tuple[Request, bytes]:
-        """The WRITE_OBJ that points entry ``idx`` at our own object (4 bytes)."""
-        payload = struct.pack("<I", self.vid)
-        return Client.obj_request(Op.WRITE_OBJ, vid_to_vdi_oid(self.vid), 4, data_vid_offset(idx),
-                                  flags=self.flags, copies=self.inode.header.nr_copies), payload
+    def index_new_objects(self, idxs: list[int]) -> None:
+        """Point the entries ``idxs``, holes until now, at our own objects (created by a
+        short-circuit client): `_update_index`'s runs and failures."""
+        self._update_index([(idx, 0) for idx in idxs])
 
     def update_index_range(self, changes: dict[int, int]) -> None:
         """QEMU's index update (`sd_write_done`): ONE WRITE_OBJ on our inode covering

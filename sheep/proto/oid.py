@@ -5,6 +5,8 @@ attribute id / B-tree node id in bits 0-31.
 """
 from __future__ import annotations
 
+import os
+
 from .constants import (
     LEDGER_BIT, SD_ATTR_OBJ_SIZE, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_INODE_DATA_INDEX_SIZE,
     SD_INODE_HEADER_SIZE, SD_INODE_SIZE, SD_LEDGER_OBJ_SIZE, SD_VDI_MASK, VDI_ATTR_BIT,
@@ -105,9 +107,16 @@ def oid_str(oid: int) -> str:
     return f"{oid:016x}"
 
 
+def temp_file_name(final: str) -> str:
+    """A fresh temporary name beside an object file: ``<final>.<8 hex>.tmp``.  Objects are
+    written there and renamed (or linked) into place; the store never takes such a name
+    for an object."""
+    return f"{final}.{os.urandom(4).hex()}.tmp"
+
+
 __all__ = [
     "vid_to_vdi_oid", "vid_to_data_oid", "vid_to_vmstate_oid", "vid_to_attr_oid",
     "vid_to_btree_oid", "ledger_oid", "ledger_to_data_oid", "oid_to_vid", "data_oid_to_idx",
     "is_data_obj", "is_vdi_obj", "is_vmstate_obj", "is_attr_obj", "is_btree_obj", "is_ledger_obj",
-    "data_vid_offset", "object_size", "oid_str",
+    "data_vid_offset", "object_size", "oid_str", "temp_file_name",
 ]

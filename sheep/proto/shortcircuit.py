@@ -27,6 +27,24 @@ client will write: refused for snapshot objects) and `GRANT_CREATE` (create the 
 zero-filled, if this node lacks it: the client's first write into a hole).  Reply:
 SUCCESS with a `Grant` as payload, or NO_OBJ (not grantable now: use the sheep),
 READONLY, INVALID_PARMS.
+
+Directory grants (`GRANT_DIR`, with GRANT_WRITE and GRANT_CREATE): the right to create,
+without asking again, the objects of ``oid``'s VDI that this node owns at the grant's
+epoch.  The grant's ``path`` is the directory that holds them and ``owners`` the number
+of members at that epoch.  A node whose objects do not all live in one directory
+(several disks) answers NO_OBJ, and so does a node that cannot grant at all.  A client
+may create ``<path>/<oid %016x>`` itself (zero-filled to the object size, through a
+`temp_file_name` and link(2), never replacing a file) for an object that is
+
+  * a hole of a VDI the client holds the lock of (it is the only writer), and
+  * placed, by a ring the client built from the node list at the grant's epoch, on
+    nodes that each gave it a directory grant at that epoch with unchanged generation.
+
+The generation is checked before the file is created and, as for every grant, before
+and after each write.  While it is unchanged the node is still at that epoch, so the
+client's ring is the node's ring and the object is the node's to hold.  The client makes
+the names it created durable itself (fsync of the directory at its next flush).  This
+saves a round trip per new object when a VDI is filled.
 """
 from __future__ import annotations
 
@@ -42,6 +60,7 @@ _LEASE = struct.Struct("<8sQ16sQ")
 
 GRANT_CREATE = 0x0100  # the CREAT/WILDCARD bit
 GRANT_WRITE = 0x0200   # the EXCL bit
+GRANT_DIR = 0x0400     # the DEL bit: a directory grant (above)
 
 _GRANT = struct.Struct("<16sQII")
 MAX_GRANT = _GRANT.size + 2 * 4096
@@ -91,5 +110,5 @@ class Grant:
         return cls(token, gen, epoch, owners, parts[0].decode(), parts[1].decode())
 
 
-__all__ = ["Grant", "GRANT_CREATE", "GRANT_WRITE", "LEASE_MAGIC", "LEASE_NAME", "LEASE_SIZE",
+__all__ = ["Grant", "GRANT_CREATE", "GRANT_DIR", "GRANT_WRITE", "LEASE_MAGIC", "LEASE_NAME", "LEASE_SIZE",
            "GEN_OFFSET", "TOKEN_LEN", "MAX_GRANT", "decode_lease", "encode_lease"]

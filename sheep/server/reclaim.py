@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..proto.constants import SD_INODE_HEADER_SIZE, SD_INODE_INDEX_END, SD_LEDGER_OBJ_SIZE, Op, Res
 from ..proto.header import RefArgs
 from ..proto.inode import gref_offset, index_range
-from ..proto.oid import ledger_oid, vid_to_data_oid
+from ..proto.oid import ledger_oid, oid_to_vid, vid_to_data_oid
 from . import gateway
 from .store import ObjectStore, StoreError
 
@@ -91,6 +91,11 @@ async def write_index(node: "Node", inode_oid: int, offset: int, data: bytes | b
     new_entries[rel:rel + len(data)] = data
     old_vids = struct.unpack(f"<{count}I", bytes(old.data))
     new_vids = struct.unpack(f"<{count}I", bytes(new_entries))
+    if (any(n and n != o for o, n in zip(old_vids, new_vids))
+            and node.vdis.is_snapshot(oid_to_vid(inode_oid))):
+        # a snapshot's index only loses entries (dog vdi delete clears them); a new one is
+        # a writer that has not seen the snapshot yet: it must write to the new VDI
+        return Res.READONLY
     changed = [i for i in range(count) if old_vids[i] and old_vids[i] != new_vids[i]]
     if not changed:  # only holes filled (a new object's entry): no reference to release
         return (await gateway.fanout(node, Op.WRITE_OBJ, inode_oid, offset, data, copies,

@@ -3,7 +3,8 @@
 `Lease` is the file clients map: its generation is bumped (`bump`) before anything that
 could move, replace or freeze an object takes effect, and its flock(2) dies with the
 process.  `local_obj` answers LOCAL_OBJ: a grant when this node could serve the object
-itself right now, NO_OBJ otherwise (the client then goes through the sheep as usual).
+itself right now, NO_OBJ otherwise (the client then goes through the sheep as usual);
+with GRANT_DIR, the directory in which the client may create the VDI's new objects.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..proto.constants import Res, Status
 from ..proto.header import Request
 from ..proto.oid import is_data_obj
 from ..proto.shortcircuit import (
-    GEN_OFFSET, GRANT_CREATE, GRANT_WRITE, LEASE_NAME, LEASE_SIZE, TOKEN_LEN, Grant, encode_lease,
+    GEN_OFFSET, GRANT_CREATE, GRANT_DIR, GRANT_WRITE, LEASE_NAME, LEASE_SIZE, TOKEN_LEN, Grant, encode_lease,
 )
 from . import gateway
 from .node import Reply
@@ -80,6 +81,8 @@ async def local_obj(node: "Node", req: Request, payload: bytes) -> Reply:
         return Reply(Res.READONLY)
     if not _grantable(node):
         return Reply(Res.NO_OBJ)
+    if req.flags & GRANT_DIR:
+        return _directory_grant(node, req)
     copies = gateway.obj_copies(node, a.oid, a.copies)
     owners = node.ring.oid_to_nodes(a.oid, copies)
     if not any(o.nid == node.me.nid for o in owners):
@@ -94,6 +97,22 @@ async def local_obj(node: "Node", req: Request, payload: bytes) -> Reply:
         node.writeback.note(a.oid)  # its name is made durable by the next flush
     assert node.lease.path is not None
     grant = Grant(node.lease.token, gen, epoch, len(owners), node.lease.path, path).encode()
+    if len(grant) > req.data_length:
+        return Reply(Res.BUFFER_SMALL)
+    return Reply(Res.SUCCESS, grant)
+
+
+def _directory_grant(node: "Node", req: Request) -> Reply:
+    """GRANT_DIR: this node's object directory, when it is the only one (no multi-disk:
+    there the client could not tell an object's disk)."""
+    if req.flags & (GRANT_WRITE | GRANT_CREATE) != GRANT_WRITE | GRANT_CREATE:
+        return Reply(Res.INVALID_PARMS)
+    disks = node.store.table.all()
+    if len(disks) != 1:
+        return Reply(Res.NO_OBJ)
+    assert node.lease.path is not None
+    grant = Grant(node.lease.token, node.lease.gen, node.epoch, len(node.members),
+                  node.lease.path, disks[0].path).encode()
     if len(grant) > req.data_length:
         return Reply(Res.BUFFER_SMALL)
     return Reply(Res.SUCCESS, grant)

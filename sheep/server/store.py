@@ -27,10 +27,10 @@ import hashlib
 import logging
 import os
 import shutil
-import uuid
 from typing import Callable, Sequence
 
 from ..proto.constants import Res
+from ..proto.oid import oid_str, temp_file_name
 from ..proto.structs import SdNode, SheepdogConfig, decode_epoch_file, encode_epoch_file
 from .md import STALE, Disk, DiskSet, free_space, open_disk, purge_dir
 
@@ -44,7 +44,7 @@ class StoreError(Exception):
 
 
 def _name(oid: int, ec_index: int | None = None) -> str:
-    return f"{oid:016x}" if ec_index is None else f"{oid:016x}_{ec_index}"
+    return oid_str(oid) if ec_index is None else f"{oid_str(oid)}_{ec_index}"
 
 
 def _oid_of(name: str) -> int | None:
@@ -74,7 +74,7 @@ def _move_file(src: str, dst: str, nosync: bool) -> None:
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
-    tmp = f"{dst}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = temp_file_name(dst)
     try:
         shutil.copyfile(src, tmp)
         if not nosync:
@@ -225,7 +225,7 @@ class ObjectStore:
         table = self.table
         home = table.home(oid)
         final = os.path.join(home.path, _name(oid))
-        tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = temp_file_name(final)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
+from pathlib import Path
 
+from frontends.nbd.routing import RoutedConnection, Router
+from sheep.client.api import Client
+from sheep.client.shortcircuit import ShortCircuit
+from sheep.client.sync import Connection
+from sheep.client.volume import Volume
 from sheep.proto.constants import Op, Res
 from sheep.proto.header import ObjArgs, Request
-from sheep.proto.oid import vid_to_data_oid, vid_to_vdi_oid
+from sheep.proto.oid import data_vid_offset, oid_str, vid_to_data_oid, vid_to_vdi_oid
 from sheep.proto.placement import Ring
 from sheep.proto.shortcircuit import (
-    GRANT_CREATE, GRANT_WRITE, LEASE_NAME, MAX_GRANT, Grant, decode_lease,
+    GRANT_CREATE, GRANT_DIR, GRANT_WRITE, LEASE_NAME, MAX_GRANT, Grant, decode_lease,
 )
 
 from .harness import wait_until
@@ -92,3 +99,85 @@ def test_generation_moves_before_objects_can(cluster):
     victim.start()
     cluster.wait_members(3)
     assert decode_lease((victim.store / LEASE_NAME).read_bytes())[1] != old_token
+
+
+def test_directory_grant_names_the_object_directory(cluster):
+    """GRANT_DIR: any node hands out its object directory, at its epoch, for a VDI that
+    is not a snapshot; nothing is created by the grant itself."""
+    cluster.format(2)
+    with cluster.client() as c:
+        vid = c.new_vdi("Alice", 16 * MB).vdi_id
+    cluster.wait_quiet()
+    oid = vid_to_data_oid(vid, 1)
+    flags = GRANT_WRITE | GRANT_CREATE | GRANT_DIR
+    for i, node in enumerate(cluster.nodes):
+        rsp, data = ask(cluster, i, oid, flags)
+        assert rsp.result == Res.SUCCESS
+        g = Grant.decode(data)
+        assert Path(g.path) == node.obj_dirs[0]
+        assert (g.owners, g.epoch, g.gen) == (3, rsp.epoch, lease_gen(node))
+        assert not os.path.exists(os.path.join(g.path, oid_str(oid)))
+    # a directory grant is for creating objects: asked without GRANT_CREATE, refused
+    assert ask(cluster, 0, oid, GRANT_DIR | GRANT_WRITE)[0].result == Res.INVALID_PARMS
+    cluster.dog("vdi", "snapshot", "-s", "s1", "Alice")
+    assert ask(cluster, 0, oid, flags)[0].result == Res.READONLY
+
+
+def test_client_creates_new_objects_under_directory_grants(cluster):
+    """ShortCircuit makes new objects itself in every owner's directory (one LOCAL_OBJ
+    per sheep, not one per object); indexed, they are what the cluster serves."""
+    cluster.format(2)
+    with cluster.client() as c:
+        vid = c.new_vdi("Alice", 16 * MB).vdi_id
+    cluster.wait_quiet()
+    home = cluster.nodes[0]
+    addr = (home.host, home.port)
+    sc = ShortCircuit()
+    routes = RoutedConnection(Connection(*addr, timeout=10), Router(addr, 10))
+    try:
+        for i in range(4):
+            piece = memoryview(bytes([0x41 + i]) * 4096)
+            assert sc.write(routes, vid_to_data_oid(vid, i), 2, 8192, piece, lambda: None, 4 * MB)
+        assert sc.created_here == 4
+        for i in range(4):
+            oid = vid_to_data_oid(vid, i)
+            with cluster.client() as c:
+                ports = {n.nid.port for n in Ring(c.get_node_list()).oid_to_nodes(oid, 2)}
+            files = [d / oid_str(oid) for s in cluster.nodes for d in s.obj_dirs
+                     if (d / oid_str(oid)).exists()]
+            assert {f.parent for f in files} == {s.obj_dirs[0] for s in cluster.nodes
+                                                 if s.port in ports}
+            assert all(os.path.getsize(f) == 4 * MB for f in files)
+        sc.flush()  # the files and the names made here
+        with Client(*addr) as c:
+            vol = Volume(c, c.read_inode(vid))
+            vol.index_new_objects(list(range(4)))
+            for i in range(4):
+                got = bytes(vol.read(i * 4 * MB, 16384))
+                assert got == bytes(8192) + bytes([0x41 + i]) * 4096 + bytes(4096)
+    finally:
+        sc.close()
+        routes.close()
+
+
+def test_snapshot_index_takes_no_new_entries(cluster):
+    """An index entry pointed at a new object in a VDI that became a snapshot meanwhile
+    is refused (READONLY): the writer must follow to the new working VDI, or the write
+    would be acknowledged into the snapshot only.  Clearing entries (dog vdi delete of a
+    snapshot) stays allowed."""
+    cluster.format(1)
+    with cluster.client() as c:
+        vid = c.new_vdi("Alice", 16 * MB).vdi_id
+        Volume(c, c.read_inode(vid)).write(0, b"x" * 4096)
+    cluster.dog("vdi", "snapshot", "-s", "s1", "Alice")
+    with cluster.client() as c:
+        def entry(idx: int, value: int) -> int:
+            req = Client.obj_request(Op.WRITE_OBJ, vid_to_vdi_oid(vid), 4, data_vid_offset(idx),
+                                     copies=1)
+            return c.call(req, struct.pack("<I", value))[0].result
+        assert entry(1, vid) == Res.READONLY
+        assert entry(0, vid) == Res.SUCCESS  # unchanged
+        assert c.read_inode(vid).get_vid(1) == 0
+    cluster.dog("vdi", "delete", "-s", "s1", "Alice")
+    out = cluster.dog("vdi", "list", "-r").stdout
+    assert b"s1" not in out
