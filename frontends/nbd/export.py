@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from functools import partial
 from contextlib import closing
 from itertools import groupby
 from typing import Callable, Iterator
@@ -408,6 +409,12 @@ class Export:
         me, copies, objsize = self.vid, self.inode.header.nr_copies, self.object_size
         left: list[tuple[int, int]] = []
         holes: list[tuple[int, int, int]] = []  # (idx, VDI offset, length) written into holes
+        made: list[int] = []  # objects our grants created, written into or not
+
+        def created(idx: int) -> None:
+            self.commits.add(idx)
+            made.append(idx)
+
         first, stop = self._span(offset, len(buf))
         with self.locks.hold(first, stop, lambda: False):
             if self.vid != me:
@@ -415,18 +422,20 @@ class Export:
             try:
                 for idx, at, n in self._pieces(offset, len(buf)):
                     v = self.inode.get_vid(idx)
-                    created = None if v else (lambda i=idx: self.commits.add(i))
                     if v in (me, 0) and sc.write(w.routes, vid_to_data_oid(me, idx), copies,
                                                  at - idx * objsize,
-                                                 buf[at - offset:at - offset + n], created,
-                                                 objsize):
+                                                 buf[at - offset:at - offset + n],
+                                                 None if v else partial(created, idx), objsize):
                         if not v:
                             holes.append((idx, at, n))
                     else:
                         left.append((at, n))
             finally:
-                if holes:
-                    unindexed = self._index_holes(w, [i for i, _, _ in holes])
+                # an object made for a piece that then went to `left` is indexed too, before
+                # that piece goes through the sheep: no entry is left pending behind us
+                waiting = sorted({i for i, _, _ in holes}.union(made))
+                if waiting:
+                    unindexed = self._index_holes(w, waiting)
                     left.extend((at, n) for i, at, n in holes if i in unindexed)
         return left
 
