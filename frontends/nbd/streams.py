@@ -284,27 +284,27 @@ __all__ = ["ObjectLocks", "ReadAhead", "WriteGather"]
 
 
 class IndexCommits:
-    """Group commit of the index entries of objects created in holes.
+    """Index entries of objects created in holes, written in groups.
 
     Writers into a hole `add` its entry (as soon as the object exists) and `wait` until it
-    is written: a write is acknowledged only once its object is in the index.  One waiter
-    at a time writes every entry added so far, with ``write`` (one WRITE_OBJ per run of
-    adjacent entries, all sent before any reply is read), while the others wait; whatever
-    was added meanwhile goes in the next group.  Filling a VDI this way costs a fraction
-    of an index write per object instead of one.
+    is written: a write is acknowledged only once its object is in the index.  A waiter
+    takes every entry added so far and not yet taken, and writes them with ``write`` (one
+    WRITE_OBJ per run of adjacent entries, all sent before any reply is read); entries
+    another waiter took are waited for.  Groups are written side by side (they never
+    share an entry), so one slow group holds up only its own writers.
     """
 
     def __init__(self, written: Callable[[int], bool]) -> None:
         self._written = written  # is the entry in the index (in memory) now?
         self._cond = threading.Condition()
         self._events: dict[int, threading.Event] = {}  # added and not done
-        self._pending: set[int] = set()  # added and not taken by a writer yet
+        self._pending: set[int] = set()  # added and not taken by a waiter yet
         self._errors: dict[int, BaseException] = {}  # of the last attempt, by index
-        self._busy = False
 
     def add(self, idx: int) -> None:
         with self._cond:
-            self._add(idx)
+            if not self._written(idx):
+                self._add(idx)
 
     def _add(self, idx: int) -> threading.Event:
         ev = self._events.get(idx)
@@ -319,13 +319,8 @@ class IndexCommits:
         """Until the entries of ``idxs`` are written or failed; the failures, by index."""
         with self._cond:
             evs = [self._add(i) for i in idxs if not self._written(i)]
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._busy or all(e.is_set() for e in evs))
-                if all(e.is_set() for e in evs):
-                    return {i: self._errors[i] for i in idxs if i in self._errors}
-                group, self._pending = sorted(self._pending), set()
-                self._busy = True
+            group, self._pending = sorted(self._pending), set()
+        if group:
             error: BaseException | None = None
             try:
                 write(group)
@@ -337,5 +332,7 @@ class IndexCommits:
                         if not self._written(i):
                             self._errors[i] = error or OSError(f"index entry {i} not written")
                         self._events.pop(i).set()
-                    self._busy = False
                     self._cond.notify_all()
+        with self._cond:
+            self._cond.wait_for(lambda: all(e.is_set() for e in evs))
+            return {i: self._errors[i] for i in idxs if i in self._errors}
