@@ -132,7 +132,9 @@ class _Directory:
         self.lease, self.gen, self.epoch, self.path = lease, grant.gen, grant.epoch, grant.path
 
     def current(self, epoch: int) -> bool:
-        return self.epoch == epoch and self.lease.gen() == self.gen
+        """At ``epoch``, same generation, sheep alive (a restarted sheep's lease is a
+        new file: the one mapped here then stays put forever, unlocked)."""
+        return self.epoch == epoch and self.lease.gen() == self.gen and self.lease.alive()
 
 
 def _create_object(directory: str, oid: int, size: int) -> int:

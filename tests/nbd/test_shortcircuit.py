@@ -61,16 +61,17 @@ def test_restarted_sheep_is_written_through_its_new_lease(env):
     c = env.cluster(3, copies=2)
     env.vdi(c, "Alice", "32M")
     s = env.nbdkit(c, "vdi=Alice")
-    run("qemu-io", "-f", "raw", s.uri, "-c", "write -P 0x11 0 32M")
+    run("qemu-io", "-f", "raw", s.uri, "-c", "write -P 0x11 0 24M")
     c.nodes[2].kill9()
     run("qemu-io", "-f", "raw", s.uri, "-c", "write -P 0x22 0 16M")
     c.nodes[2].start()
     c.wait_members(3)
     c.wait_redundant(copies=2)
-    run("qemu-io", "-f", "raw", s.uri, "-c", "write -P 0x33 8M 16M")
+    # over old objects and into holes: new objects, made under the new lease's grants
+    run("qemu-io", "-f", "raw", s.uri, "-c", "write -P 0x33 8M 24M")
     nbd_py(s.uri, "h.flush()")
     c.wait_redundant(copies=2)
-    want = b"\x22" * (8 * MiB) + b"\x33" * (16 * MiB) + b"\x11" * (8 * MiB)
+    want = b"\x22" * (8 * MiB) + b"\x33" * (24 * MiB)
     for node in range(3):
         assert dog_read(c, "Alice", 0, 32 * MiB, node=node) == want
     vid = _vid(c, "Alice")
