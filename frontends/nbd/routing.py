@@ -70,13 +70,9 @@ class Router:
     def refresh_soon(self) -> None:
         self._when = float("-inf")
 
-    def owners(self, oid: int, copies: int) -> list[Addr] | None:
-        """Where the ring places ``oid`` (None before the first node list)."""
-        placed = self.placement(oid, copies)
-        return None if placed is None else placed[1]
-
     def placement(self, oid: int, copies: int) -> tuple[int, list[Addr]] | None:
-        """(epoch, owners): `owners` with the epoch of the node list the ring came from."""
+        """(epoch, owners): where the ring places ``oid``, with the epoch of the node list
+        it came from (None before the first node list)."""
         view = self._view
         if view is None:
             return None
@@ -129,10 +125,6 @@ class RoutedConnection(Connection):
         for c in peers:
             c.close()
         self.home.close()
-
-    def owners(self, oid: int, copies: int) -> list[Addr] | None:
-        self.router.maybe_refresh(self.home)
-        return self.router.owners(oid, copies)
 
     def placement(self, oid: int, copies: int) -> tuple[int, list[Addr]] | None:
         self.router.maybe_refresh(self.home)

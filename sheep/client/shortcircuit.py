@@ -45,8 +45,6 @@ Addr = tuple[str, int]
 class Routes(Protocol):
     """What ShortCircuit needs from the routing layer (frontends/nbd/routing.py)."""
 
-    def owners(self, oid: int, copies: int) -> list[Addr] | None: ...
-
     def placement(self, oid: int, copies: int) -> tuple[int, list[Addr]] | None:
         """(epoch of the node list the ring was built from, owners)."""
 
@@ -157,6 +155,20 @@ def _create_object(directory: str, oid: int, size: int) -> int:
             pass
         raise
     return fd
+
+
+def _ask(routes: Routes, addr: Addr, oid: int, copies: int, flags: int
+         ) -> tuple[int, bytes | bytearray | memoryview] | None:
+    """One LOCAL_OBJ to ``addr``: (result, payload), or None when it cannot be reached."""
+    conn = routes.connection_to(addr)
+    if conn is None:
+        return None
+    req = Request(Op.LOCAL_OBJ, flags, MAX_GRANT, args=ObjArgs(oid=oid, copies=copies))
+    try:
+        rsp, data = conn.call(req)
+    except SheepConnectionError:
+        return None
+    return rsp.result, data
 
 
 def _fsync_dir(path: str) -> None:
@@ -273,16 +285,11 @@ class ShortCircuit:
         until = self._no_dirs.get(addr)
         if until is not None and until > time.monotonic():
             return None
-        conn = routes.connection_to(addr)
-        if conn is None:
+        answer = _ask(routes, addr, oid, copies, GRANT_WRITE | GRANT_CREATE | GRANT_DIR)
+        if answer is None:
             return None
-        req = Request(Op.LOCAL_OBJ, GRANT_WRITE | GRANT_CREATE | GRANT_DIR, MAX_GRANT,
-                      args=ObjArgs(oid=oid, copies=copies))
-        try:
-            rsp, data = conn.call(req)
-        except SheepConnectionError:
-            return None
-        if rsp.result != Res.SUCCESS:
+        result, data = answer
+        if result != Res.SUCCESS:
             self._no_dirs[addr] = time.monotonic() + self.RETRY
             return None
         grant = Grant.decode(data)
@@ -337,24 +344,21 @@ class ShortCircuit:
             if until > time.monotonic():
                 return False
             self._refused.pop(oid, None)
-        owners = routes.owners(oid, copies)
+        placed = routes.placement(oid, copies)
+        owners = placed[1] if placed is not None else []
         if not owners or any(a in self._remote for a in owners):
             return False
         flags = (GRANT_WRITE if write else 0) | (GRANT_CREATE if create else 0)
         grants: list[tuple[Addr, Grant]] = []
         for addr in owners:
-            conn = routes.connection_to(addr)
-            if conn is None:
+            answer = _ask(routes, addr, oid, copies, flags)
+            if answer is None:
                 return False
-            req = Request(Op.LOCAL_OBJ, flags, MAX_GRANT, args=ObjArgs(oid=oid, copies=copies))
-            try:
-                rsp, data = conn.call(req)
-            except SheepConnectionError:
-                return False
-            if rsp.result == Res.INVALID_PARMS:  # a sheep without short-circuit I/O
+            result, data = answer
+            if result == Res.INVALID_PARMS:  # a sheep without short-circuit I/O
                 self._remote.add(addr)
                 return False
-            if rsp.result != Res.SUCCESS:
+            if result != Res.SUCCESS:
                 self._refused[oid] = time.monotonic() + self.RETRY
                 return False
             grants.append((addr, Grant.decode(data)))
