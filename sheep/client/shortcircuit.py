@@ -136,24 +136,30 @@ class _Directory:
 
 
 def _create_object(directory: str, oid: int, size: int) -> int:
-    """Make ``oid``'s file in ``directory`` anew, zero-filled (sparse), and open it for
-    writing: through a temporary name and rename(2), as the sheep does, so a file is
-    never half made.  A file already there is replaced: the caller's index says hole,
-    so it can only be left over (a reclaim that failed, an aborted attempt), and its
-    bytes must not show through the zeros of the new object."""
+    """Open ``oid``'s file in ``directory`` for writing, creating it zero-filled (sparse)
+    if absent: through a temporary name and link(2), so a file is never half made and
+    one that exists is never replaced.  (It may hold writes of ours whose grant was
+    dropped after they passed their checks: their writers are acknowledged once the
+    index entry is in, so the file must stay.  A sheep's per-object grant keeps an
+    existing file the same way.)"""
     final = os.path.join(directory, oid_str(oid))
+    try:
+        return os.open(final, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
     tmp = temp_file_name(final)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, size)
-        os.rename(tmp, final)
+        os.link(tmp, final)
+    except FileExistsError:
+        os.close(fd)
+        fd = os.open(final, os.O_RDWR | os.O_CLOEXEC)
     except BaseException:
         os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise
+    finally:
+        os.unlink(tmp)
     return fd
 
 

@@ -34,8 +34,8 @@ epoch.  The grant's ``path`` is the directory that holds them and ``owners`` the
 of members at that epoch.  A node whose objects do not all live in one directory
 (several disks) answers NO_OBJ, and so does a node that cannot grant at all.  A client
 may create ``<path>/<oid %016x>`` itself (zero-filled to the object size, through a
-`temp_file_name` and rename(2), as the node does; a file left there is replaced) for an
-object that is
+`temp_file_name` and link(2), never replacing a file: one there is used, as the node
+does for a per-object grant) for an object that is
 
   * a hole of a VDI the client holds the lock of (it is the only writer), and
   * placed, by a ring the client built from the node list at the grant's epoch, on
