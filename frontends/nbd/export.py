@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import errno
 import threading
-from functools import partial
 from contextlib import closing
+from functools import partial
 from itertools import groupby
 from typing import Callable, Iterator
 

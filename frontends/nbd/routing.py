@@ -42,7 +42,6 @@ class Router:
     def __init__(self, home: Addr | None, timeout: float | None) -> None:
         self.home = home
         self.timeout = timeout
-        self._ring: Ring | None = None
         self._view: tuple[int, Ring] | None = None  # (epoch of its node list, the ring)
         self._when = float("-inf")
         self._avoid: dict[Addr, float] = {}
@@ -57,7 +56,6 @@ class Router:
             self._when = time.monotonic()
             epoch, nodes = Client(home).node_list_at()
             self._view = (epoch, Ring(nodes))
-            self._ring = self._view[1]
         except SheepError:
             pass  # keep the ring we have (or none: everything goes home)
         finally:
@@ -81,10 +79,11 @@ class Router:
 
     def target(self, req: Request) -> Addr | None:
         """Where ``req`` is best sent; None for home."""
-        ring = self._ring
+        view = self._view
         args = req.args
-        if ring is None or req.opcode not in _ROUTED or not isinstance(args, ObjArgs):
+        if view is None or req.opcode not in _ROUTED or not isinstance(args, ObjArgs):
             return None
+        ring = view[1]
         nodes = ring.oid_to_nodes(args.oid, args.copies or 1)
         if not nodes:
             return None

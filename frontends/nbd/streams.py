@@ -277,9 +277,6 @@ def _joined(pieces: list[memoryview]) -> memoryview:
     return memoryview(data)
 
 
-__all__ = ["ObjectLocks", "ReadAhead", "WriteGather"]
-
-
 # ---------------------------------------------------------------------------- index entries
 
 
@@ -336,3 +333,6 @@ class IndexCommits:
         with self._cond:
             self._cond.wait_for(lambda: all(e.is_set() for e in evs))
             return {i: self._errors[i] for i in idxs if i in self._errors}
+
+
+__all__ = ["IndexCommits", "ObjectLocks", "ReadAhead", "WriteGather"]

@@ -95,8 +95,13 @@ async def local_obj(node: "Node", req: Request, payload: bytes) -> Reply:
         return Reply(Res.NO_OBJ)
     if created:
         node.writeback.note(a.oid)  # its name is made durable by the next flush
+    return _grant_reply(node, req, gen, epoch, len(owners), path)
+
+
+def _grant_reply(node: "Node", req: Request, gen: int, epoch: int, owners: int,
+                 path: str) -> Reply:
     assert node.lease.path is not None
-    grant = Grant(node.lease.token, gen, epoch, len(owners), node.lease.path, path).encode()
+    grant = Grant(node.lease.token, gen, epoch, owners, node.lease.path, path).encode()
     if len(grant) > req.data_length:
         return Reply(Res.BUFFER_SMALL)
     return Reply(Res.SUCCESS, grant)
@@ -110,12 +115,7 @@ def _directory_grant(node: "Node", req: Request) -> Reply:
     disks = node.store.table.all()
     if len(disks) != 1:
         return Reply(Res.NO_OBJ)
-    assert node.lease.path is not None
-    grant = Grant(node.lease.token, node.lease.gen, node.epoch, len(node.members),
-                  node.lease.path, disks[0].path).encode()
-    if len(grant) > req.data_length:
-        return Reply(Res.BUFFER_SMALL)
-    return Reply(Res.SUCCESS, grant)
+    return _grant_reply(node, req, node.lease.gen, node.epoch, len(node.members), disks[0].path)
 
 
 __all__ = ["Lease", "local_obj"]
