@@ -32,7 +32,8 @@ of worker threads, and requests arrive on them concurrently.  The design:
   plugin.  Read-ahead and gathering have no requests to save there and are skipped; a
   write into a hole creates the object (here, under directory grants, or by its owners)
   and is acknowledged once `IndexCommits` has written the object's index entry, with
-  those of the other objects created meanwhile (`_write_direct`).  What a grant does not
+  those of the other objects created meanwhile (`_write_direct`): into the inode's
+  files under an inode grant, or through the sheep.  What a grant does not
   cover (copy on write, a sheep elsewhere, a membership change) goes through the sheep.
 
 Errors become errno values with `errno_of`; sockets have a timeout, so a silent sheep
@@ -132,10 +133,16 @@ class Worker(VdiClient):
         assert isinstance(self._conn, RoutedConnection)
         return self._conn
 
-    def index_new_objects(self, idxs: list[int]) -> None:
-        """Point the entries ``idxs`` (holes until now) at our own objects: one WRITE_OBJ
-        per run of adjacent entries, pipelined; the shared inode follows each success."""
-        self._volume.index_new_objects(idxs)
+    def index_new_objects(self, idxs: list[int], sc: ShortCircuit | None = None) -> None:
+        """Point the entries ``idxs`` (holes until now) at our own objects: each run of
+        adjacent entries written into the inode's files under a short-circuit grant when
+        ``sc`` has one, else one WRITE_OBJ per run, pipelined; the shared inode follows
+        each success."""
+        direct = None if sc is None else partial(self._write_entries, sc)
+        self._volume.index_new_objects(idxs, direct)
+
+    def _write_entries(self, sc: ShortCircuit, oid: int, offset: int, entries: bytes) -> bool:
+        return sc.write(self.routes, oid, self.inode.header.nr_copies, offset, memoryview(entries))
 
     @property
     def broken(self) -> bool:
@@ -444,7 +451,7 @@ class Export:
         Returns those a snapshot kept out of the index (READONLY: it came between the
         object's creation and its entry): their pieces go through the sheep, which
         follows the snapshot."""
-        failures = self.commits.wait(holes, w.index_new_objects)
+        failures = self.commits.wait(holes, partial(w.index_new_objects, sc=self._direct))
         for e in failures.values():
             if not (isinstance(e, SheepError) and e.result == Res.READONLY):
                 raise e

@@ -16,7 +16,8 @@ files it created for us durable with the next FLUSH_VDI, as it does for its own 
 A new object (a write into a hole) is created here when every owner gave a directory
 grant (`GRANT_DIR`) at the epoch of our ring, and by its owners through LOCAL_OBJ
 otherwise; the names created here are made durable by `flush` (fsync of their
-directories).
+directories).  The same grants, asked on the VDI's inode, let the caller write the index
+entries of the objects it created (`Volume.index_new_objects` with a direct writer).
 """
 from __future__ import annotations
 

@@ -46,6 +46,18 @@ and after each write.  While it is unchanged the node is still at that epoch, so
 client's ring is the node's ring and the object is the node's to hold.  The client makes
 the names it created durable itself (fsync of the directory at its next flush).  This
 saves a round trip per new object when a VDI is filled.
+
+Inode grants: LOCAL_OBJ on a VDI object (``vid_to_vdi_oid``) with GRANT_WRITE grants the
+inode's file on its owners, as for a data object (never created: INVALID_PARMS with
+GRANT_CREATE or GRANT_DIR; READONLY once the VDI is a snapshot).  A client that holds the
+VDI's lock may write into it, under the same checks, only index entries that it turns
+from a hole (0) into the VDI's own vid, each for an object it created: the one index
+change with no side effect in the sheep (no reference to release: objects.md §8).  Every
+other index or header change goes through the sheep.  An entry whose write fails its
+check after reaching the file is sent again through the sheep, which answers READONLY
+to any non-zero entry in a snapshot's index, even an unchanged one: the entry may have
+reached the old inode after the snapshot copied it.  This saves the sheep's read, write
+and round trip per new object's entry.
 """
 from __future__ import annotations
 

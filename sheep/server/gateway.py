@@ -142,9 +142,12 @@ async def fanout(node: "Node", opcode: int, oid: int, offset: int = 0,
             req = _peer_request(opcode, epoch, oid, offset, len(data), copies, wflags, cow_oid, args)
             results[i], _ = await send_to(node, target, req, data if has_payload else None)
 
-        async with trio.open_nursery() as nursery:
-            for i, target in enumerate(targets):
-                nursery.start_soon(one, i, target)
+        if len(targets) == 1:  # (copies=1: no nursery to pay for)
+            await one(0, targets[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for i, target in enumerate(targets):
+                    nursery.start_soon(one, i, target)
         failed = [r for r in results if r != Res.SUCCESS]
         return (None, failed) if failed else (Reply(Res.SUCCESS), [])
 

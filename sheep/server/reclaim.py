@@ -91,10 +91,12 @@ async def write_index(node: "Node", inode_oid: int, offset: int, data: bytes | b
     new_entries[rel:rel + len(data)] = data
     old_vids = struct.unpack(f"<{count}I", bytes(old.data))
     new_vids = struct.unpack(f"<{count}I", bytes(new_entries))
-    if (any(n and n != o for o, n in zip(old_vids, new_vids))
-            and node.vdis.is_snapshot(oid_to_vid(inode_oid))):
-        # a snapshot's index only loses entries (dog vdi delete clears them); a new one is
-        # a writer that has not seen the snapshot yet: it must write to the new VDI
+    if any(new_vids) and node.vdis.is_snapshot(oid_to_vid(inode_oid)):
+        # a snapshot's index only loses entries (dog vdi delete clears them).  A non-zero
+        # one comes from a writer that has not seen the snapshot yet, even when it is
+        # there already: a short-circuit client's entry written into the inode's file just
+        # as the snapshot came (the write failed its generation check and is sent again
+        # here) may be missing from the new working VDI, so the writer must go there.
         return Res.READONLY
     changed = [i for i in range(count) if old_vids[i] and old_vids[i] != new_vids[i]]
     if not changed:  # only holes filled (a new object's entry): no reference to release

@@ -97,6 +97,8 @@ class Recovery:
     async def recover_now(self, oid: int) -> None:
         """Called by peer requests: if ``oid`` is still to be recovered here, do it first
         (across restarted passes, for at most 30 s)."""
+        if not self.in_recovery:
+            return  # the usual case: no cancel scope to pay for on every peer request
         with trio.move_on_after(30):
             while self.in_recovery:
                 await self._prepared.wait()

@@ -3,8 +3,9 @@
 `Lease` is the file clients map: its generation is bumped (`bump`) before anything that
 could move, replace or freeze an object takes effect, and its flock(2) dies with the
 process.  `local_obj` answers LOCAL_OBJ: a grant when this node could serve the object
-itself right now, NO_OBJ otherwise (the client then goes through the sheep as usual);
-with GRANT_DIR, the directory in which the client may create the VDI's new objects.
+(a data object, or an inode for a client's new index entries) itself right now, NO_OBJ
+otherwise (the client then goes through the sheep as usual); with GRANT_DIR, the
+directory in which the client may create the VDI's new objects.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..proto.constants import Res, Status
 from ..proto.header import Request
-from ..proto.oid import is_data_obj
+from ..proto.oid import is_data_obj, is_vdi_obj, oid_to_vid
 from ..proto.shortcircuit import (
     GEN_OFFSET, GRANT_CREATE, GRANT_DIR, GRANT_WRITE, LEASE_NAME, LEASE_SIZE, TOKEN_LEN, Grant, encode_lease,
 )
@@ -71,13 +72,18 @@ def _grantable(node: "Node") -> bool:
 
 
 async def local_obj(node: "Node", req: Request, payload: bytes) -> Reply:
-    """LOCAL_OBJ: a `Grant` on a data object this node owns, holds on its home disk (or
-    creates, with GRANT_CREATE) and is not recovering; NO_OBJ when it cannot say yes."""
+    """LOCAL_OBJ: a `Grant` on a data object (or an inode, for its index entries) this
+    node owns, holds on its home disk (or creates, with GRANT_CREATE) and is not
+    recovering; NO_OBJ when it cannot say yes."""
     a = req.args
-    if not is_data_obj(a.oid):
+    inode = is_vdi_obj(a.oid)
+    if not (is_data_obj(a.oid) or inode):
         return Reply(Res.INVALID_PARMS)
+    if inode and req.flags & (GRANT_CREATE | GRANT_DIR):
+        return Reply(Res.INVALID_PARMS)  # an inode is made by NEW_VDI, never by a client
     write = bool(req.flags & GRANT_WRITE)
-    if write and gateway.readonly(node, a.oid):
+    frozen = node.vdis.is_snapshot(oid_to_vid(a.oid)) if inode else gateway.readonly(node, a.oid)
+    if write and frozen:
         return Reply(Res.READONLY)
     if not _grantable(node):
         return Reply(Res.NO_OBJ)
