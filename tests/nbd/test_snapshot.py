@@ -19,6 +19,7 @@ def test_writes_after_snapshot_leave_it_unchanged(env, tmp_path):
     c.dog("vdi", "snapshot", "-s", "snap1", "Alice")
 
     run("qemu-io", "-f", "raw", s.uri,
+        "-c", f"write -P 0xbe {12 * OBJ} {MiB}",     # first a hole: no grant on the old VDI
         "-c", f"write -P 0xbb 0 {MiB}",              # copy on write of object 0
         "-c", f"write -P 0xbc {OBJ + 512} 4096",      # and of object 1
         "-c", f"write -P 0xbd {10 * OBJ} {MiB}",      # a new object
@@ -30,7 +31,8 @@ def test_writes_after_snapshot_leave_it_unchanged(env, tmp_path):
             "-c", f"read -P 0xbc {OBJ + 512} 4096",
             "-c", f"read -P 0xaa {OBJ + 4608} {OBJ - 4608}",
             "-c", f"read -P 0 {5 * OBJ} {OBJ}",
-            "-c", f"read -P 0xbd {10 * OBJ} {MiB}")
+            "-c", f"read -P 0xbd {10 * OBJ} {MiB}",
+            "-c", f"read -P 0xbe {12 * OBJ} {MiB}")
     assert b"Pattern verification failed" not in r.stdout, r.stdout.decode()
 
     # the snapshot, read by dog and through a snapshot export (by tag and by id)
