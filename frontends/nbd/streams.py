@@ -285,8 +285,9 @@ class IndexCommits:
 
     Writers into a hole `add` its entry (as soon as the object exists) and `wait` until it
     is written: a write is acknowledged only once its object is in the index.  A waiter
-    takes every entry added so far and not yet taken, and writes them with ``write`` (one
-    WRITE_OBJ per run of adjacent entries, all sent before any reply is read); entries
+    takes every entry added so far and not yet taken, and writes them with ``write`` (per
+    run of adjacent entries: into the inode's files under a grant, or one WRITE_OBJ, all
+    sent before any reply is read); entries
     another waiter took are waited for.  Groups are written side by side (they never
     share an entry), so one slow group holds up only its own writers.
     """

@@ -82,8 +82,7 @@ async def local_obj(node: "Node", req: Request, payload: bytes) -> Reply:
     if inode and req.flags & (GRANT_CREATE | GRANT_DIR):
         return Reply(Res.INVALID_PARMS)  # an inode is made by NEW_VDI, never by a client
     write = bool(req.flags & GRANT_WRITE)
-    frozen = node.vdis.is_snapshot(oid_to_vid(a.oid)) if inode else gateway.readonly(node, a.oid)
-    if write and frozen:
+    if write and node.vdis.is_snapshot(oid_to_vid(a.oid)):  # its objects and inode are frozen
         return Reply(Res.READONLY)
     if not _grantable(node):
         return Reply(Res.NO_OBJ)
